@@ -1,0 +1,141 @@
+"""The policy: every limit a trial runs under and every rule the loop decides by, from one YAML file.
+
+Loaded with `yaml.safe_load` into pydantic models with `extra="forbid"`: an unknown key, a wrong type or an
+out-of-range value is a one-line `UserError` naming the file and the key. The policy's hash is recorded with
+every trial, so a result can always be tied to the rules it ran under.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+_SIZE = re.compile(r"^\d+(\.\d+)?[kmg]?$", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainPhase(_Strict):
+    budget_seconds: float = Field(240, gt=0, description="training budget handed to train.py")
+    timeout_seconds: float = Field(300, gt=0, description="hard limit on the train container's whole life")
+    max_steps: int | None = Field(None, ge=1, description="fixed step count (reproducible tests); budget still caps")
+
+
+class EvalPhase(_Strict):
+    timeout_seconds: float = Field(180, gt=0, description="hard limit on the eval container's whole life")
+
+
+class Limits(_Strict):
+    memory: str = Field("4g", description="mem_limit == memswap_limit (docker size string)")
+    cpus: float = Field(2.0, gt=0, description="CPU quota in cores")
+    pids: int = Field(256, ge=16, description="pids_limit")
+    tmpfs_mb: int = Field(256, ge=16, description="size of the /tmp tmpfs")
+    output_mb: int = Field(512, ge=1, description="size of the writable output tmpfs/volume")
+    shm_mb: int = Field(256, ge=16, description="/dev/shm size (torch dataloaders use it)")
+    uid: int = Field(65534, ge=1, description="non-root uid:gid the trial runs as")
+
+    @field_validator("memory")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not _SIZE.match(v):
+            raise ValueError(f"memory must look like 512m or 4g, got {v!r}")
+        return v.lower()
+
+
+class PatchRules(_Strict):
+    allowed_files: list[str] = Field(default_factory=lambda: ["train.py"], min_length=1)
+    max_diff_lines: int = Field(400, ge=1, description="added + removed lines")
+
+
+class Decision(_Strict):
+    min_delta: float = Field(0.0, ge=0, description="keep only if best - val_bpb > min_delta")
+    baseline_repeats: int = Field(1, ge=1, description="baseline runs (different seeds) to measure noise")
+    confirm_wins: bool = Field(False, description="re-run an apparent win with another seed before keeping it")
+    noise_sigmas: float = Field(2.0, ge=0, description="with repeats: a gain must exceed this many std devs")
+
+
+class Proposer(_Strict):
+    kind: Literal["mutate", "openai"] = "mutate"
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = the client's default")
+    model: str = "gpt-4o-mini"
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key")
+    timeout_seconds: float = Field(120, gt=0)
+    max_retries: int = Field(3, ge=0, description="re-asks when a reply does not parse or apply")
+    max_backoff_retries: int = Field(5, ge=0, description="retries on 429 / 5xx / timeouts")
+    temperature: float = Field(0.7, ge=0, le=2)
+    history: int = Field(10, ge=0, description="recent ledger rows shown to the model")
+
+
+class Policy(_Strict):
+    preset: Literal["tiny", "cpu", "h100"] = "cpu"
+    flavour: Literal["cpu", "cuda"] = "cpu"
+    image: str | None = Field(None, description="trial image tag; None = the tag `autoresearch build` made")
+    gpu: Literal["none", "all"] | list[str] = Field("none", description="'all', or a list of device ids")
+    seed: int = Field(1337, ge=0)
+    train: TrainPhase = TrainPhase()
+    eval: EvalPhase = EvalPhase()
+    limits: Limits = Limits()
+    patch: PatchRules = PatchRules()
+    decision: Decision = Decision()
+    proposer: Proposer = Proposer()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Policy":
+        if self.train.budget_seconds >= self.train.timeout_seconds:
+            raise ValueError(f"train.budget_seconds ({self.train.budget_seconds}) must be below "
+                             f"train.timeout_seconds ({self.train.timeout_seconds}): start-up and export need time")
+        if self.gpu != "none" and self.flavour != "cuda":
+            raise ValueError("gpu is set but flavour is 'cpu': set flavour: cuda to run on a GPU")
+        return self
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpu != "none"
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    return f"{where}: {err['msg']}"
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Load a policy file (a path, or a name under policies/ such as 'tiny'). None gives policies/default.yaml."""
+    if path is None:
+        path = POLICY_DIR / "default.yaml"
+    p = Path(path)
+    if not p.exists() and not p.suffix and (POLICY_DIR / f"{p}.yaml").exists():
+        p = POLICY_DIR / f"{p}.yaml"
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"policy {p} not found; pass a YAML file or one of: "
+                        f"{', '.join(sorted(x.stem for x in POLICY_DIR.glob('*.yaml')))}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"policy {p} is not valid YAML{at}; fix the file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"policy {p} must be a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise UserError(f"policy {p}: {_describe(first)}{more}; see policies/default.yaml for the keys") from None
