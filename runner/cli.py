@@ -1,0 +1,281 @@
+"""The `autoresearch` command line. TRUSTED CODE.
+
+    autoresearch init DIR                       a new experiment repository (train.py, program.md, .gitignore)
+    autoresearch prepare SOURCE --out DATA ...  trusted data preparation (trainer.prepare)
+    autoresearch build [--flavour cpu|cuda]     the trial image
+    autoresearch baseline [--tag T]             a run of the unchanged train.py only (continue it with run --resume)
+    autoresearch run [--tag T] [--max-trials N] [--hours H] [--proposer mutate|openai] [--policy P] [--resume]
+    autoresearch status [--tag T]               a run's counts, best and latest trials (or the list of runs)
+    autoresearch report [--tag T]               runs/<tag>/progress.png and report.md
+    autoresearch reproduce TRIAL [--tag T]      run a trial again from its commit, seed and image digest
+    autoresearch doctor                         engine, image, data, GPU runtime, endpoint: each with a fix
+
+User errors print one line and exit 1; argparse usage errors exit 2; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from trainer.shards import DataError
+
+from .errors import AutoresearchError, UserError
+from .policy import load_policy
+
+DATA_ENV = "AUTORESEARCH_DATA"
+
+
+def _default_data() -> Path:
+    return Path(os.environ.get(DATA_ENV) or Path.home() / ".cache" / "autoresearch" / "data")
+
+
+def _policy(args, required: bool = True):
+    """--policy, else <repo>/policy.yaml, else the default policy (None on --resume: the run keeps its own)."""
+    if getattr(args, "policy", None):
+        return load_policy(args.policy)
+    repo_policy = Path(getattr(args, "repo", ".")) / "policy.yaml"
+    if repo_policy.is_file():
+        return load_policy(repo_policy)
+    return load_policy() if required else None
+
+
+def _runs(repo: Path) -> list[dict]:
+    out = []
+    for meta in sorted((Path(repo) / "runs").glob("*/run.json")):
+        try:
+            out.append(json.loads(meta.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(out, key=lambda m: m.get("created_at", 0))
+
+
+def _tag(args) -> str:
+    """--tag, else the most recent run of the repository."""
+    if args.tag:
+        return args.tag
+    runs = _runs(args.repo)
+    if not runs:
+        raise UserError(f"no runs in {Path(args.repo).resolve() / 'runs'}; start one with `autoresearch run` "
+                        "(or pass --repo DIR)")
+    return runs[-1]["tag"]
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_init(args) -> int:
+    from .workspace import init_repo
+    train = resources.files("trainer").joinpath("train.py").read_text()
+    program = resources.files("runner").joinpath("program.md").read_text()
+    commit = init_repo(args.dir, {"train.py": train, "program.md": program, ".gitignore": "runs/\n"})
+    print(f"created experiment repository {args.dir} at {commit[:12]}: edit program.md, then "
+          f"`cd {args.dir} && autoresearch run`")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from trainer.prepare import main as prepare_main
+    return prepare_main(args.rest, prog="autoresearch prepare") or 0
+
+
+def cmd_build(args) -> int:
+    from .images import build
+    flavour = args.flavour or _policy(args).flavour
+    img = build(flavour, args.airgapped, on_progress=None if args.quiet else (lambda line: print(line, flush=True)))
+    print(f"{img.tag} {img.id}")
+    return 0
+
+
+def _run(args, max_trials, resume) -> int:
+    from .live import LiveView, PlainView
+    from .loop import Run, RunConfig
+    from .report import write
+    policy = _policy(args, required=not resume)
+    tag = args.tag or (_tag(args) if resume else time.strftime("%b%d-%H%M").lower())
+    data = args.data or (None if resume else _default_data())
+    cfg = RunConfig(repo=Path(args.repo), tag=tag, data_dir=data, policy=policy,
+                    proposer=getattr(args, "proposer", None), max_trials=max_trials,
+                    hours=getattr(args, "hours", None), resume=resume, image=args.image)
+    live = sys.stdout.isatty() and not args.plain
+    view = LiveView() if live else PlainView()
+    runner = Run(cfg, events=view)
+    try:
+        if live:
+            with view:
+                summary = runner.run()
+        else:
+            summary = runner.run()
+    except KeyboardInterrupt:
+        print(f"autoresearch: interrupted; continue with `autoresearch run --tag {tag} --resume`", file=sys.stderr)
+        return 130
+    png, md = write(summary.run_dir, tag)
+    base, best = summary.baseline_bpb, summary.best_bpb
+    gain = f" ({100 * (base - best) / base:+.2f}% vs baseline {base:.6f})" if base and best is not None else ""
+    print(f"run {tag}: {summary.stopped}; best val_bpb {best:.6f}{gain} at {summary.best_commit[:12]} on branch "
+          f"autoresearch/{tag}; {summary.counts}")
+    print(f"ledger {summary.run_dir / 'trials.jsonl'}, report {md}, plot {png}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    if args.max_trials is not None and args.max_trials < 0:
+        raise UserError(f"--max-trials must be 0 or more, got {args.max_trials}")
+    if args.hours is not None and args.hours <= 0:
+        raise UserError(f"--hours must be positive, got {args.hours}")
+    max_trials = args.max_trials if args.max_trials is not None or args.resume or args.hours else 10
+    return _run(args, max_trials, args.resume)
+
+
+def cmd_baseline(args) -> int:
+    return _run(args, 0, False)
+
+
+def cmd_status(args) -> int:
+    from .ledger import Ledger
+    from .loop import run_dir_of, summarize
+    if not args.tag:
+        runs = _runs(args.repo)
+        if not runs:
+            print(f"no runs in {Path(args.repo).resolve() / 'runs'}")
+            return 0
+        for m in runs:
+            recs = Ledger(run_dir_of(Path(args.repo), m["tag"])).records()
+            s = summarize(m["tag"], Path("."), recs)
+            best = f"{s.best_bpb:.6f}" if s.best_bpb is not None else "-"
+            print(f"{m['tag']:<24} trials {s.trials:>4}  best {best}  {m.get('proposer')}")
+        return 0
+    run_dir = run_dir_of(Path(args.repo), args.tag)
+    if not (run_dir / "run.json").exists():
+        raise UserError(f"no run {args.tag} in {run_dir.parent}; `autoresearch status` lists the runs")
+    recs = Ledger(run_dir).records()
+    s = summarize(args.tag, run_dir, recs)
+    fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
+    print(f"run {args.tag}: {s.trials} trials, best {fmt(s.best_bpb)} at {s.best_commit[:12] or '-'}, "
+          f"baseline {fmt(s.baseline_bpb)}; {s.counts}")
+    for r in recs[-args.last:]:
+        print(f"  {r.trial:>4}  {r.status:<13} {fmt(r.val_bpb)}  {(r.commit or '-')[:7]}  {r.description}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .loop import run_dir_of
+    from .report import write
+    tag = _tag(args)
+    run_dir = run_dir_of(Path(args.repo), tag)
+    if not (run_dir / "trials.jsonl").exists():
+        raise UserError(f"run {tag} has no ledger in {run_dir}; run some trials first")
+    png, md = write(run_dir, tag)
+    print(f"wrote {md} and {png}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .live import PlainView
+    from .loop import reproduce
+    tag = _tag(args)
+    rec, outcome = reproduce(Path(args.repo), tag, args.trial, events=PlainView() if args.verbose else None)
+    fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
+    diff = (f"{outcome.val_bpb - rec.val_bpb:+.6f}" if outcome.val_bpb is not None and rec.val_bpb is not None
+            else "-")
+    print(f"trial {rec.trial} of {tag} (commit {rec.commit[:12]}, seed {rec.seed}, image "
+          f"{(rec.image_digest or rec.image or '-')[:19]})")
+    print(f"  ledger:     {rec.status:<10} val_bpb {fmt(rec.val_bpb)}")
+    print(f"  reproduced: {outcome.status:<10} val_bpb {fmt(outcome.val_bpb)}  difference {diff}"
+          + (f"  ({outcome.error})" if outcome.status != "ok" and outcome.error else ""))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import checks
+    policy = _policy(args)
+    proposer = args.proposer or policy.proposer.kind
+    results = checks(Path(args.repo), policy, args.data or _default_data(), args.image, proposer)
+    for c in results:
+        mark = "ok  " if c.ok else "FAIL"
+        print(f"{mark} {c.name:<9} {c.detail}" + ("" if c.ok or not c.fix else f"\n     fix: {c.fix}"))
+    bad = [c.name for c in results if not c.ok]
+    print("all checks passed" if not bad else f"{len(bad)} check(s) failed: {', '.join(bad)}")
+    return 1 if bad else 0
+
+
+# --------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="autoresearch", description="Autonomous ML research, caged: every trial "
+                                 "sandboxed in Docker, kept in git only if val BPB improves.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help, repo=True):
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if repo:
+            p.add_argument("--repo", default=".", help="the experiment repository (default: .)")
+        return p
+
+    p = add("init", cmd_init, "create a new experiment repository (train.py, program.md)", repo=False)
+    p.add_argument("dir", help="a new or empty directory")
+    p = add("prepare", cmd_prepare, "prepare data (delegates to trainer.prepare; see `prepare --help`)", repo=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for trainer.prepare")
+    p = add("build", cmd_build, "build (or reuse) the trial image")
+    p.add_argument("--flavour", choices=["cpu", "cuda"], help="default: the policy's flavour")
+    p.add_argument("--policy")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--airgapped", dest="airgapped", action="store_true", default=None,
+                      help="local debootstrap base and wheelhouse, no network")
+    mode.add_argument("--registry", dest="airgapped", action="store_false", help="python:3.11-slim from a registry")
+    p.add_argument("--quiet", action="store_true")
+
+    def run_args(p):
+        p.add_argument("--tag", help="run name; branch autoresearch/<tag> (default: date-time; on --resume the "
+                                     "latest run)")
+        p.add_argument("--policy", help="policy YAML or name under policies/ (default: <repo>/policy.yaml or "
+                                        "the default policy)")
+        p.add_argument("--data", type=Path, help=f"prepared data directory (default: ${DATA_ENV} or "
+                                                 "~/.cache/autoresearch/data)")
+        p.add_argument("--image", help="trial image tag (default: the policy's, else the one `build` made)")
+        p.add_argument("--plain", action="store_true", help="plain line output instead of the live view")
+
+    p = add("baseline", cmd_baseline, "run the unchanged train.py only (continue with `run --tag T --resume`)")
+    run_args(p)
+    p = add("run", cmd_run, "run the research loop")
+    run_args(p)
+    p.add_argument("--max-trials", type=int, help="candidate trials in the whole run (default 10 without "
+                                                  "--hours; on --resume the run's own)")
+    p.add_argument("--hours", type=float, help="stop starting trials after this many hours")
+    p.add_argument("--proposer", choices=["mutate", "openai"], help="default: the policy's")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same tag)")
+    p = add("status", cmd_status, "show a run (or list the runs)")
+    p.add_argument("--tag")
+    p.add_argument("--last", type=int, default=10, help="trials to list (default 10)")
+    p = add("report", cmd_report, "write progress.png and report.md for a run")
+    p.add_argument("--tag")
+    p = add("reproduce", cmd_reproduce, "re-run a trial from its commit, seed and image digest")
+    p.add_argument("trial", type=int)
+    p.add_argument("--tag")
+    p.add_argument("--verbose", action="store_true", help="show the trial's progress")
+    p = add("doctor", cmd_doctor, "check the engine, image, data, GPU runtime and endpoint")
+    p.add_argument("--policy")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--image")
+    p.add_argument("--proposer", choices=["mutate", "openai"])
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AutoresearchError, DataError) as e:
+        print(f"autoresearch: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("autoresearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

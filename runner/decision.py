@@ -1,0 +1,73 @@
+"""The decision: keep a candidate only when its val_bpb beats the best by more than the noise. TRUSTED CODE.
+
+Rules (from the policy's `decision` section):
+- the gain a candidate needs is `threshold = max(min_delta, noise_sigmas * noise_std)`; `noise_std` is the sample
+  standard deviation of the baseline repeats (`baseline_repeats` runs of the start commit with seeds seed,
+  seed+1, ...), or 0 with a single baseline run;
+- a candidate is kept when `best - val_bpb > threshold` (strictly: a tie or a gain inside the noise is discarded);
+- with `confirm_wins`, an apparent win is re-run with another seed first, and kept only if that run beats the best
+  by more than the threshold as well.
+Candidates all train with the run's seed, so the main comparison is paired: same data order, different code.
+A trial that did not end `ok` is never kept; its own status (crash, timeout, ...) is its verdict.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from .policy import Decision
+
+CONFIRM_SEED_OFFSET = 10_000   # a confirmation of trial N uses seed + CONFIRM_SEED_OFFSET + N
+EPS = 1e-12                    # float rounding: a gain equal to the threshold in decimal is not "more"
+
+
+@dataclass
+class Verdict:
+    action: str        # keep | discard | confirm
+    reason: str        # one line for the ledger
+    threshold: float
+
+
+def noise_std(bpbs: list[float]) -> float | None:
+    """Sample standard deviation of repeated baseline BPBs; None with fewer than two."""
+    vals = [b for b in bpbs if b is not None and math.isfinite(b)]
+    return statistics.stdev(vals) if len(vals) >= 2 else None
+
+
+def threshold(rules: Decision, std: float | None) -> float:
+    return max(rules.min_delta, rules.noise_sigmas * std if std else 0.0)
+
+
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    return [seed + i for i in range(repeats)]
+
+
+def confirm_seed(seed: int, trial_id: int) -> int:
+    return seed + CONFIRM_SEED_OFFSET + trial_id
+
+
+def judge(val_bpb: float, best: float, thresh: float, rules: Decision) -> Verdict:
+    """The verdict on an `ok` trial: keep, discard, or (with confirm_wins) confirm first."""
+    gain = best - val_bpb
+    if not math.isfinite(val_bpb) or not gain > thresh + EPS:
+        what = "no gain" if gain <= 0 else f"gain {gain:.6f} within the threshold {thresh:.6f}"
+        return Verdict("discard", f"{val_bpb:.6f} vs best {best:.6f}: {what}", thresh)
+    if rules.confirm_wins:
+        return Verdict("confirm", f"{val_bpb:.6f} beats {best:.6f} by {gain:.6f}; confirming with another seed",
+                       thresh)
+    return Verdict("keep", f"{val_bpb:.6f} beats {best:.6f} by {gain:.6f} (> {thresh:.6f})", thresh)
+
+
+def judge_confirmation(first: float, confirm_status: str, confirm_bpb: float | None, best: float,
+                       thresh: float) -> Verdict:
+    """Keep an apparent win only if its confirmation run (another seed) also beats best by more than thresh."""
+    if confirm_status != "ok" or confirm_bpb is None:
+        return Verdict("discard", f"{first:.6f} looked better but the confirmation run ended {confirm_status}",
+                       thresh)
+    gain = best - confirm_bpb
+    if gain > thresh + EPS:
+        return Verdict("keep", f"{first:.6f} and confirmation {confirm_bpb:.6f} both beat {best:.6f} "
+                               f"by more than {thresh:.6f}", thresh)
+    return Verdict("discard", f"{first:.6f} beat {best:.6f} but the confirmation gave {confirm_bpb:.6f} "
+                              f"(gain {gain:.6f}, needed > {thresh:.6f}): noise", thresh)

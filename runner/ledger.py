@@ -1,0 +1,163 @@
+"""The ledger: runs/<tag>/trials.jsonl, one JSON line per finished trial, plus results.tsv. TRUSTED CODE.
+
+Append-only: a line is written with one write() and flushed and fsynced before the loop moves the branch, so a
+trial is either fully in the ledger or not at all (a trial with no line is re-run on --resume). A torn last line
+left by a killed writer is cut off when the ledger is opened for appending; a bad line anywhere else is an error.
+
+results.tsv is regenerated from the ledger after every append (autoresearch's columns: commit, val_bpb, memory_gb,
+status, description) so the two can never disagree.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from trainer.shards import atomic_write_bytes
+
+from .errors import UserError
+
+SCHEMA = "autoresearch.trial/1"
+STATUSES = ("keep", "discard", "crash", "timeout", "oom", "export_failed", "violation", "infra", "rejected")
+FAILED = ("crash", "timeout", "oom", "export_failed", "violation", "infra")
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+
+
+@dataclass
+class TrialRecord:
+    """One ledger line: everything needed to audit and reproduce a trial."""
+    trial: int
+    kind: str                               # baseline | candidate
+    status: str                             # one of STATUSES
+    description: str
+    run: str = ""
+    parent: str | None = None               # the best commit the candidate was built on (None for a baseline)
+    commit: str | None = None               # the candidate commit (the start commit for a baseline; None if rejected)
+    proposer: str = ""
+    seed: int | None = None
+    outcome: str | None = None              # the trial's own status: ok | crash | ... (None when never run)
+    reason: str = ""                        # one line: why kept/discarded/rejected, or the trial's error
+    val_bpb: float | None = None
+    best_bpb_before: float | None = None    # the best BPB this trial was compared against
+    threshold: float | None = None          # the gain it needed (max(min_delta, noise_sigmas * noise_std))
+    training_seconds: float | None = None
+    peak_memory_mb: float | None = None
+    num_steps: int | None = None
+    train_tokens: int | None = None
+    train_summary: dict = field(default_factory=dict)
+    image: str | None = None
+    image_digest: str | None = None
+    policy_sha256: str = ""
+    data_manifest_sha256: str = ""
+    diff_lines: int = 0
+    llm_usage: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)         # seconds per loop phase (propose, check, git, trial, ...)
+    trial_timings: dict = field(default_factory=dict)   # the trial's own timings (engine start/finish per container)
+    repeats: list = field(default_factory=list)         # baseline: [{seed, status, val_bpb}] of every repeat
+    noise_std: float | None = None
+    confirm: dict | None = None                         # confirmation re-run: {seed, status, val_bpb, ...}
+    log_tail: str = ""                                  # the train log's tail when the trial failed
+    started_at: float = 0.0                             # unix time
+    finished_at: float = 0.0
+    schema: str = SCHEMA
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialRecord":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _finite_or_none(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+class Ledger:
+    """runs/<tag>/trials.jsonl and results.tsv."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.path = self.dir / "trials.jsonl"
+        self.tsv = self.dir / "results.tsv"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def records(self) -> list[TrialRecord]:
+        """Every complete line, in order. A torn last line (no newline) is not a record."""
+        if not self.path.is_file():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the part after the last newline is torn or empty
+        out = []
+        for n, line in enumerate(complete, 1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or row.get("schema") != SCHEMA:
+                    raise ValueError("not a trial record")
+                out.append(TrialRecord.from_dict(row))
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{self.path} line {n} is not a trial record ({e}); the ledger was edited or "
+                                "corrupted: restore it or start a new --tag") from None
+        return out
+
+    def repair(self) -> int:
+        """Cut a torn last line (left by a killed writer). Returns the number of bytes removed."""
+        if not self.path.is_file():
+            return 0
+        with open(self.path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0 or (f.seek(-1, os.SEEK_END) >= 0 and f.read(1) == b"\n"):
+                return 0
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        with open(self.path, "r+b") as f:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        return len(data) - keep
+
+    def append(self, record: TrialRecord) -> None:
+        """Write one line with a single write(), then flush and fsync; then refresh results.tsv."""
+        if record.status not in STATUSES:
+            raise ValueError(f"status {record.status!r} not in {STATUSES}")
+        row = asdict(record)
+        for k in ("val_bpb", "best_bpb_before", "threshold", "noise_std"):
+            row[k] = _finite_or_none(row[k])
+        line = (json.dumps(row, sort_keys=True, allow_nan=False, default=str) + "\n").encode()
+        new = not self.path.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.repair()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            _fsync_dir(self.dir)
+        self.write_tsv()
+
+    def write_tsv(self) -> None:
+        atomic_write_bytes(self.tsv, results_tsv(self.records()).encode())
+
+
+def results_tsv(records: list[TrialRecord]) -> str:
+    """autoresearch's results.tsv: commit, val_bpb, memory_gb, status, description (one row per trial)."""
+    out = [TSV_HEADER]
+    for r in records:
+        commit = (r.commit or "-")[:7]
+        bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "0.000000"
+        mem = f"{(r.peak_memory_mb or 0) / 1024:.1f}"
+        desc = " ".join(r.description.split())
+        out.append(f"{commit}\t{bpb}\t{mem}\t{r.status}\t{desc}\n")
+    return "".join(out)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

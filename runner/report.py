@@ -1,0 +1,122 @@
+"""The report of a run: progress.png and report.md, both made from the ledger alone. TRUSTED CODE.
+
+progress.png: every trial's val_bpb in trial order (discarded ones grey, kept ones green), the running best as a
+step line, failed trials marked with a red x at the bottom edge, rejected ones with a grey tick.
+report.md: best vs baseline and the improvement in %, the trials by status, the kept changes in order, and the
+failed trials with their reasons.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .ledger import FAILED, Ledger, TrialRecord
+from .loop import summarize
+
+
+def running_best(records: list[TrialRecord]) -> list[tuple[int, float]]:
+    """(trial, best val_bpb after it) at every kept trial, in order."""
+    out = []
+    for r in records:
+        if r.status == "keep" and r.val_bpb is not None:
+            out.append((r.trial, r.val_bpb))
+    return out
+
+
+def improvement_pct(baseline: float | None, best: float | None) -> float | None:
+    if baseline is None or best is None or baseline <= 0:
+        return None
+    return 100.0 * (baseline - best) / baseline
+
+
+def figure(records: list[TrialRecord], title: str = ""):
+    """The progress figure (matplotlib, Agg). Each series carries a label the tests and the legend use."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    scored = [r for r in records if r.val_bpb is not None]
+    disc = [r for r in scored if r.status != "keep"]
+    kept = [r for r in scored if r.status == "keep"]
+    ax.scatter([r.trial for r in disc], [r.val_bpb for r in disc], s=18, color="#999999", label="discarded",
+               zorder=2)
+    ax.scatter([r.trial for r in kept], [r.val_bpb for r in kept], s=40, color="#2ca02c", label="kept",
+               zorder=3, edgecolors="black", linewidths=0.5)
+    steps = running_best(records)
+    if steps:
+        last = max(r.trial for r in records)
+        xs = [t for t, _ in steps] + [last]
+        ys = [b for _, b in steps] + [steps[-1][1]]
+        ax.step(xs, ys, where="post", color="#2ca02c", linewidth=1.5, label="best so far", zorder=1)
+    lo, hi = ax.get_ylim() if scored else (0.0, 1.0)
+    failed = [r for r in records if r.status in FAILED]
+    if failed:
+        ax.scatter([r.trial for r in failed], [lo] * len(failed), marker="x", color="#d62728", s=40,
+                   label="crash / timeout / oom / ...", zorder=4, clip_on=False)
+    rejected = [r for r in records if r.status == "rejected"]
+    if rejected:
+        ax.scatter([r.trial for r in rejected], [lo] * len(rejected), marker="|", color="#7f7f7f", s=60,
+                   label="rejected patch", zorder=4, clip_on=False)
+    ax.set_ylim(lo, hi)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val_bpb (lower is better)")
+    ax.set_title(title or "autoresearch progress")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot(records: list[TrialRecord], path: Path, title: str = "") -> Path:
+    import matplotlib.pyplot as plt
+    fig = figure(records, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown(tag: str, records: list[TrialRecord]) -> str:
+    s = summarize(tag, Path("."), records)
+    imp = improvement_pct(s.baseline_bpb, s.best_bpb)
+    fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
+    lines = [f"# autoresearch run `{tag}`", "",
+             f"- trials: {len(records)} ({sum(1 for r in records if r.kind == 'candidate')} candidates)",
+             f"- baseline val_bpb: {fmt(s.baseline_bpb)}",
+             f"- best val_bpb: {fmt(s.best_bpb)} at commit `{(s.best_commit or '-')[:12]}`",
+             f"- improvement: {imp:.2f}%" if imp is not None else "- improvement: -", "",
+             "## Trials by status", "", "| status | trials |", "|---|---|"]
+    for status, n in sorted(s.counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"| {status} | {n} |")
+    lines += ["", "## Kept changes, in order", "",
+              "| trial | commit | val_bpb | gain | description |", "|---|---|---|---|---|"]
+    for r in records:
+        if r.status == "keep":
+            gain = f"{r.best_bpb_before - r.val_bpb:+.6f}" if r.best_bpb_before is not None else "(baseline)"
+            lines.append(f"| {r.trial} | `{(r.commit or '')[:7]}` | {fmt(r.val_bpb)} | {gain} | "
+                         f"{_cell(r.description)} |")
+    bad = [r for r in records if r.status in FAILED or r.status == "rejected"]
+    if bad:
+        lines += ["", "## Failed and rejected trials", "", "| trial | status | description | reason |",
+                  "|---|---|---|---|"]
+        for r in bad:
+            lines.append(f"| {r.trial} | {r.status} | {_cell(r.description)} | {_cell(r.reason)[:200]} |")
+    lines += ["", "![progress](progress.png)", ""]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "/")
+
+
+def write(run_dir: str | Path, tag: str | None = None) -> tuple[Path, Path]:
+    """Write progress.png and report.md into the run directory; returns their paths."""
+    run_dir = Path(run_dir)
+    records = Ledger(run_dir).records()
+    tag = tag or run_dir.name
+    png = plot(records, run_dir / "progress.png", f"autoresearch run {tag}")
+    md = run_dir / "report.md"
+    md.write_text(markdown(tag, records))
+    return png, md

@@ -1,0 +1,213 @@
+"""Container lifecycle: start, stream logs, wait with a hard timeout, kill, copy a file out. TRUSTED CODE (host side).
+
+Everything a container prints or writes is hostile input here: log lines are cut to a fixed length and delivered
+at a bounded rate on a daemon thread (a slow or hanging callback cannot stall the runner), and a file is copied
+out only if the engine's archive holds exactly one regular file under the size cap (no links, no devices, no
+directories). Wall times are the engine's own State.StartedAt / State.FinishedAt.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+MAX_LINE = 2000             # characters kept of one log line
+LINES_PER_SECOND = 50       # on_line callbacks per second at most; the rest are counted as dropped
+TAIL_LINES = 200            # lines the pump keeps for the log tail
+KILL_GRACE_S = 10           # how long to wait for the engine to confirm a kill
+
+
+class RefusedFile(Exception):
+    """A file copied out of a container was not a single regular file under the cap. str() is one line."""
+
+
+@dataclass
+class Exit:
+    """How a container ended, from the engine's own state."""
+    exit_code: int | None
+    oom_killed: bool
+    timed_out: bool
+    started_at: str | None
+    finished_at: str | None
+    wall_s: float | None            # FinishedAt - StartedAt (the engine's clocks)
+    host_wall_s: float              # start() -> exit seen, on the host's monotonic clock
+    engine_error: str = ""          # State.Error (the engine could not run it)
+
+
+def _parse_time(ts: str | None) -> datetime | None:
+    """Docker's RFC 3339 with nanoseconds -> datetime (microseconds)."""
+    if not ts or ts.startswith("0001-"):
+        return None
+    head, _, frac = ts.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
+    except ValueError:
+        return None
+
+
+def engine_wall(state: dict) -> float | None:
+    start, end = _parse_time(state.get("StartedAt")), _parse_time(state.get("FinishedAt"))
+    return (end - start).total_seconds() if start and end and end >= start else None
+
+
+@dataclass
+class LogPump:
+    """Follows a container's stdout+stderr on a daemon thread: line-bounded, rate-bounded, keeps the tail."""
+    container: object
+    on_line: Callable[[str], None] | None = None
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    dropped: int = 0
+    first_step_at: float | None = None    # host monotonic time of the first "step=" line (benchmarks)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> "LogPump":
+        self._thread = threading.Thread(target=self._run, name=f"logs-{getattr(self.container, 'name', '?')}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        window_start, sent, pending = time.monotonic(), 0, b""
+        try:
+            for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if len(pending) > MAX_LINE * 4:            # a line with no end: cut it
+                    lines.append(pending)
+                    pending = b""
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")[:MAX_LINE]
+                    self.tail.append(line)
+                    if self.first_step_at is None and line.startswith("step="):
+                        self.first_step_at = time.monotonic()
+                    if self.on_line is None:
+                        continue
+                    now = time.monotonic()
+                    if now - window_start >= 1.0:
+                        window_start, sent = now, 0
+                    if sent >= LINES_PER_SECOND:
+                        self.dropped += 1
+                        continue
+                    sent += 1
+                    try:
+                        self.on_line(line)
+                    except Exception:  # noqa: BLE001 - a broken display must not break the trial
+                        self.on_line = None
+            if pending:
+                self.tail.append(pending.decode("utf-8", "replace")[:MAX_LINE])
+        except Exception:  # noqa: BLE001 - the stream ends with an error when the container is removed
+            pass
+
+    def join(self, timeout: float = 2.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def run_to_end(container, timeout_s: float, on_line: Callable[[str], None] | None = None,
+               pump: bool = True) -> tuple[Exit, LogPump | None]:
+    """Start the container and wait at most timeout_s for it (its whole life); kill it after that."""
+    import requests
+    logs = LogPump(container, on_line) if pump else None
+    t0 = time.monotonic()
+    container.start()
+    if logs:
+        logs.start()
+    timed_out = False
+    remaining = timeout_s - (time.monotonic() - t0)
+    try:
+        if remaining <= 0:
+            raise requests.exceptions.ReadTimeout()
+        container.wait(timeout=remaining)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        if time.monotonic() - t0 < timeout_s - 1.0:
+            raise                                           # the engine went away, not a timeout
+        timed_out = True
+        kill(container)
+    host_wall = time.monotonic() - t0
+    container.reload()
+    state = container.attrs.get("State", {})
+    if logs:
+        logs.join(2.0)
+    return Exit(
+        exit_code=state.get("ExitCode") if not state.get("Running") else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        timed_out=timed_out,
+        started_at=state.get("StartedAt"),
+        finished_at=state.get("FinishedAt"),
+        wall_s=engine_wall(state),
+        host_wall_s=host_wall,
+        engine_error=str(state.get("Error") or "")[:500],
+    ), logs
+
+
+def kill(container) -> None:
+    """SIGKILL and wait for the engine to see the end (bounded); quiet if it is already gone."""
+    import docker.errors
+    import requests
+    try:
+        container.kill()
+    except docker.errors.APIError:
+        pass                                                # not running any more (or already removed)
+    try:
+        container.wait(timeout=KILL_GRACE_S)
+    except (requests.exceptions.RequestException, docker.errors.APIError):
+        pass
+
+
+def log_tail(container, lines: int = 100, max_chars: int = 20_000) -> str:
+    """The last lines the engine kept (its json-file log is capped), bounded, decoded leniently."""
+    try:
+        raw = container.logs(stdout=True, stderr=True, tail=lines)
+    except Exception:  # noqa: BLE001 - a missing log is not worth failing the trial over
+        return ""
+    text = raw.decode("utf-8", "replace")
+    text = "\n".join(line[:MAX_LINE] for line in text.splitlines())
+    return text[-max_chars:]
+
+
+def fetch_file(container, path: str, max_bytes: int, dest: Path | None = None) -> bytes | None:
+    """Copy one file out of a (running) container as hostile input: RefusedFile unless it is a single regular file
+    of at most max_bytes. No link is ever followed. Returns the bytes, or with dest writes a new file there
+    (never through an existing file or link) and returns None."""
+    import docker.errors
+    try:
+        stream, stat = container.get_archive(path, chunk_size=1 << 20)
+    except docker.errors.NotFound:
+        raise RefusedFile(f"{path} does not exist") from None
+    mode = int(stat.get("mode", 0))
+    if stat.get("linkTarget") or mode & (1 << 27) or mode & (1 << 31):   # Go's ModeSymlink / ModeDir
+        raise RefusedFile(f"{path} is a link or directory, not a regular file")
+    if int(stat.get("size", 0)) > max_bytes:
+        raise RefusedFile(f"{path} is {int(stat['size']):,} bytes, over the cap of {max_bytes:,}")
+    cap = max_bytes + 64 * 1024                         # tar headers and padding on top of the file
+    with tempfile.SpooledTemporaryFile(max_size=16 << 20) as buf:
+        for chunk in stream:
+            buf.write(chunk)
+            if buf.tell() > cap:
+                raise RefusedFile(f"{path} grew past the cap of {max_bytes:,} bytes while being copied")
+        buf.seek(0)
+        try:
+            with tarfile.open(fileobj=buf, mode="r:") as tar:
+                members = tar.getmembers()
+                if len(members) != 1 or not members[0].isreg():
+                    kinds = ", ".join(f"{m.name} ({'file' if m.isreg() else 'not a regular file'})" for m in members)
+                    raise RefusedFile(f"{path} is not a single regular file: {kinds or 'empty archive'}")
+                if members[0].size > max_bytes:
+                    raise RefusedFile(f"{path} is {members[0].size:,} bytes, over the cap of {max_bytes:,}")
+                src = tar.extractfile(members[0])
+                if dest is None:
+                    return src.read()
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+                return None
+        except tarfile.TarError as e:
+            raise RefusedFile(f"the engine's archive of {path} is unreadable: {e}") from None

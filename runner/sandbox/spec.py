@@ -1,0 +1,183 @@
+"""Container specs: the docker-py keyword arguments of every container a trial starts. TRUSTED CODE (host side).
+
+Pure functions of the policy and a few paths: no engine calls, so the whole hardening is unit-tested as exact
+kwargs. Three containers per trial, all from the pinned trial image, all hardened the same way:
+
+    holder   `sleep infinity`, mounts the two output volumes read-only. Docker unmounts a tmpfs volume when its
+             last container stops, so the holder keeps the outputs alive until the host has copied them out.
+    train    UNTRUSTED code: the candidate's train.py (a read-only copy made by the host), /data/train and
+             /data/tokenizer read-only, /out = a size-capped tmpfs volume. No validation data.
+    eval     trusted code (the evaluator in the image) on a hostile input: /in/model.pt2 (a regular-file copy the
+             host made, read-only), /data/val, /data/tokenizer, /data/manifest.json read-only, /out = its own
+             capped tmpfs volume. Validation data is mounted here and nowhere else.
+
+Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
+no-new-privileges, a non-root uid:gid, pids/memory(=memory+swap)/CPU limits, init, capped json-file logs, no core
+dumps, autoresearch.* labels; never privileged, never a host namespace, never the Docker socket.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
+
+LABEL_RUN = "autoresearch.run"
+LABEL_TRIAL = "autoresearch.trial"
+LABEL_ROLE = "autoresearch.role"
+LOG_MAX_SIZE = "10m"
+OUT_INODES = 4096                 # files the output tmpfs may hold
+HOLDER_MEMORY = "64m"
+HOLDER_PIDS = 16
+
+TRAIN_SCRIPT = "/work/train.py"
+MODEL_IN = "/in/model.pt2"
+DATA = "/data"
+OUT = "/out"
+
+
+def labels(run_tag: str, trial_id: str, role: str) -> dict[str, str]:
+    return {LABEL_RUN: str(run_tag), LABEL_TRIAL: str(trial_id), LABEL_ROLE: role}
+
+
+def name(run_tag: str, trial_id: str, role: str) -> str:
+    """A readable, engine-safe container/volume name: autoresearch-<run>-<trial>-<role>."""
+    raw = f"autoresearch-{run_tag}-{trial_id}-{role}"
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:200]
+
+
+def threads(policy) -> int:
+    """Intra-op threads for torch/OpenMP: the CPU quota, rounded down, at least 1."""
+    return max(1, int(policy.limits.cpus))
+
+
+def device_requests(policy) -> list[DeviceRequest]:
+    """GPUs the way the NVIDIA Container Toolkit takes them: 'all' -> every GPU, a list -> those device ids."""
+    if policy.gpu == "none":
+        return []
+    if policy.gpu == "all":
+        return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return [DeviceRequest(device_ids=[str(d) for d in policy.gpu], capabilities=[["gpu"]])]
+
+
+def hardening(policy, *, image: str, name: str, labels: dict[str, str]) -> dict:
+    """The kwargs every trial container shares (docker-py `containers.create`)."""
+    lim = policy.limits
+    kwargs = {
+        "image": image,
+        "name": name,
+        "labels": dict(labels),
+        "detach": True,
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={lim.tmpfs_mb}m,mode=1777"},
+        "ipc_mode": "private",
+        "shm_size": f"{lim.shm_mb}m",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "privileged": False,
+        "user": f"{lim.uid}:{lim.uid}",
+        "pids_limit": lim.pids,
+        "mem_limit": lim.memory,
+        "memswap_limit": lim.memory,
+        "nano_cpus": int(round(lim.cpus * 1e9)),
+        "init": True,
+        "log_config": LogConfig(type=LogConfig.types.JSON, config={"max-size": LOG_MAX_SIZE, "max-file": "1"}),
+        "ulimits": [Ulimit(name="core", soft=0, hard=0)],
+        "hostname": "trial",
+        "working_dir": "/work",
+    }
+    if policy.wants_gpu:
+        kwargs["device_requests"] = device_requests(policy)
+    return kwargs
+
+
+def output_volume(policy, *, name: str, labels: dict[str, str], size_mb: int | None = None) -> dict:
+    """kwargs of `volumes.create` for one capped, writable output dir (a tmpfs owned by the trial uid)."""
+    uid = policy.limits.uid
+    size = size_mb if size_mb is not None else policy.limits.output_mb
+    return {
+        "name": name,
+        "driver": "local",
+        "driver_opts": {"type": "tmpfs", "device": "tmpfs",
+                        "o": f"size={size}m,nr_inodes={OUT_INODES},uid={uid},gid={uid},mode=0700,nosuid,nodev"},
+        "labels": dict(labels),
+    }
+
+
+def _out_mount(volume: str, read_only: bool = False, target: str = OUT) -> Mount:
+    return Mount(target=target, source=volume, type="volume", read_only=read_only, no_copy=True)
+
+
+def _ro_bind(source: Path, target: str) -> Mount:
+    return Mount(target=target, source=str(Path(source).resolve()), type="bind", read_only=True)
+
+
+def holder(policy, *, image: str, name: str, labels: dict[str, str], volumes: dict[str, str]) -> dict:
+    """A do-nothing container that keeps the output volumes mounted; volumes = {mount point: volume name}."""
+    kwargs = hardening(policy, image=image, name=name, labels=labels)
+    kwargs.pop("device_requests", None)
+    kwargs.update(command=["sleep", "infinity"], mem_limit=HOLDER_MEMORY, memswap_limit=HOLDER_MEMORY,
+                  pids_limit=HOLDER_PIDS, nano_cpus=int(0.1e9), network_mode="none", entrypoint=[],
+                  mounts=[_out_mount(vol, read_only=True, target=target) for target, vol in sorted(volumes.items())])
+    return kwargs
+
+
+def train_env(policy, seed: int) -> dict[str, str]:
+    env = {
+        "AUTORESEARCH_DATA": DATA,
+        "AUTORESEARCH_OUT": OUT,
+        "AUTORESEARCH_PRESET": policy.preset,
+        "AUTORESEARCH_BUDGET_S": f"{policy.train.budget_seconds:g}",
+        "AUTORESEARCH_SEED": str(int(seed)),
+        "AUTORESEARCH_DEVICE": "cuda" if policy.wants_gpu else "cpu",
+        "OMP_NUM_THREADS": str(threads(policy)),
+        "MKL_NUM_THREADS": str(threads(policy)),
+    }
+    if policy.train.max_steps is not None:
+        env["AUTORESEARCH_MAX_STEPS"] = str(policy.train.max_steps)
+    return env
+
+
+def train(policy, *, image: str, name: str, labels: dict[str, str], train_py: Path, data_dir: Path,
+          out_volume: str, seed: int) -> dict:
+    """The untrusted phase: python /work/train.py with the train split only."""
+    data_dir = Path(data_dir)
+    kwargs = hardening(policy, image=image, name=name, labels=labels)
+    kwargs.update(
+        command=["python", TRAIN_SCRIPT],
+        entrypoint=[],
+        environment=train_env(policy, seed),
+        mounts=[
+            _ro_bind(train_py, TRAIN_SCRIPT),
+            _ro_bind(data_dir / "train", f"{DATA}/train"),
+            _ro_bind(data_dir / "tokenizer", f"{DATA}/tokenizer"),
+            _out_mount(out_volume),
+        ],
+    )
+    return kwargs
+
+
+def eval_command(policy) -> list[str]:
+    return ["python", "-m", "trainer.evaluate", "--model", MODEL_IN, "--data", DATA, "--preset", policy.preset,
+            "--out", f"{OUT}/result.json", "--device", "cuda" if policy.wants_gpu else "cpu"]
+
+
+def evaluate(policy, *, image: str, name: str, labels: dict[str, str], model_file: Path, data_dir: Path,
+             out_volume: str) -> dict:
+    """The trusted phase: the image's evaluator on the host's copy of model.pt2, with the validation split."""
+    data_dir = Path(data_dir)
+    kwargs = hardening(policy, image=image, name=name, labels=labels)
+    kwargs.update(
+        command=eval_command(policy),
+        entrypoint=[],
+        environment={"OMP_NUM_THREADS": str(threads(policy)), "MKL_NUM_THREADS": str(threads(policy))},
+        mounts=[
+            _ro_bind(model_file, MODEL_IN),
+            _ro_bind(data_dir / "val", f"{DATA}/val"),
+            _ro_bind(data_dir / "tokenizer", f"{DATA}/tokenizer"),
+            _ro_bind(data_dir / "manifest.json", f"{DATA}/manifest.json"),
+            _out_mount(out_volume),
+        ],
+    )
+    return kwargs

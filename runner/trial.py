@@ -1,0 +1,231 @@
+"""One trial: the candidate's train.py in a locked-down train container, then the trusted evaluator in an eval
+container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); the candidate is untrusted.
+
+    run_trial(spec, on_line) reads top to bottom as the data flow:
+      1. stage     copy the candidate's train.py into the trial's work dir (a regular file, read-only)
+      2. volumes   two size-capped tmpfs volumes (train /out, eval /out) and a holder container that keeps them
+                   mounted, so the outputs outlive the containers that wrote them until the host copies them out
+      3. train     train container (hard timeout over its whole life); its log lines stream to on_line
+      4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap)
+      5. eval      eval container: the image's evaluator on that copy, with the validation split
+      6. result    copy out result.json, validate it (runner.result), classify (runner.sandbox.classify)
+      finally      remove the containers and volumes, and the model copy unless spec.keep_model
+
+Engine and image failures give status `infra` (never blamed on the candidate); a bad data directory is the
+user's to fix and raises UserError before anything starts.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import InfraError, UserError
+from .result import MAX_RESULT_BYTES, ResultError, parse_result, parse_summary
+from .sandbox import classify, cleanup, containers, preflight, spec as cspec
+
+HOLD_TRAIN, HOLD_EVAL = "/hold/train", "/hold/eval"
+EVAL_OUT_MB = 16                      # result.json is small; the eval /out volume is capped at this
+EXPORT_ERROR_BYTES = 64 * 1024
+LOG_TAIL_LINES = 60
+
+
+@dataclass
+class TrialSpec:
+    run_tag: str
+    trial_id: str
+    candidate_dir: Path               # a read-only copy of the candidate commit's files (train.py is used)
+    data_dir: Path                    # prepared data: train/, val/, tokenizer/, manifest.json
+    policy: object                    # runner.policy.Policy
+    image: str                        # trial image tag (runner.images.expected_tag / build)
+    seed: int
+    work_dir: Path                    # host dir for this trial's files (train.py copy, result.json, logs)
+    keep_model: bool = False          # keep work_dir/model.pt2 after the trial (reproduce, debugging)
+
+
+@dataclass
+class TrialOutcome:
+    status: str                       # ok | crash | timeout | oom | export_failed | violation | infra
+    val_bpb: float | None = None      # only from the eval container's validated result.json
+    result: dict | None = None        # the validated result.json
+    train_summary: dict = field(default_factory=dict)   # train.py's own `key: value` block; informational only
+    log_tail: str = ""
+    timings: dict = field(default_factory=dict)         # engine StartedAt/FinishedAt per phase, seconds
+    image_digest: str | None = None   # the image id (sha256:...) the trial ran on
+    error: str = ""                   # one line when status != ok
+
+
+def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, client=None) -> TrialOutcome:
+    import docker.errors
+    import requests
+
+    policy, t0 = spec.policy, time.monotonic()
+    out = TrialOutcome(status="infra")
+    work = Path(spec.work_dir)
+    _check_data(Path(spec.data_dir), policy.limits.uid)
+    work.mkdir(parents=True, exist_ok=True)
+    model_copy = work / "model.pt2"
+    made_containers, made_volumes = [], []
+    names = {role: cspec.name(spec.run_tag, spec.trial_id, role)
+             for role in ("holder", "train", "eval", "train-out", "eval-out")}
+    labels = {role: cspec.labels(spec.run_tag, spec.trial_id, role) for role in names}
+    try:
+        # 0. engine + image (infra on failure); a re-run of the same trial id replaces its leftovers
+        client = client or preflight.connect()
+        if policy.wants_gpu:
+            preflight.preflight(policy, None, client)
+        try:
+            out.image_digest = client.images.get(spec.image).id
+        except docker.errors.ImageNotFound:
+            return _finish(out, "infra", f"trial image {spec.image} is not in the engine; run `autoresearch build "
+                                         f"--flavour {policy.flavour}`", t0)
+        cleanup.remove_leftovers(spec.run_tag, spec.trial_id, client)
+
+        # 1. stage the candidate
+        train_py = _stage_candidate(Path(spec.candidate_dir), work)
+        if train_py is None:
+            return _finish(out, "crash", "the candidate has no regular file train.py (deleted or a link)", t0)
+
+        # 2. output volumes + holder
+        for role, size in (("train-out", policy.limits.output_mb), ("eval-out", min(EVAL_OUT_MB, policy.limits.output_mb))):
+            client.volumes.create(**cspec.output_volume(policy, name=names[role], labels=labels[role], size_mb=size))
+            made_volumes.append(names[role])
+        holder = client.containers.create(**cspec.holder(
+            policy, image=spec.image, name=names["holder"], labels=labels["holder"],
+            volumes={HOLD_TRAIN: names["train-out"], HOLD_EVAL: names["eval-out"]}))
+        made_containers.append(holder)
+        holder.start()
+
+        # 3. train (untrusted)
+        t_create = time.monotonic()
+        train = client.containers.create(**cspec.train(
+            policy, image=spec.image, name=names["train"], labels=labels["train"], train_py=train_py,
+            data_dir=Path(spec.data_dir), out_volume=names["train-out"], seed=spec.seed))
+        made_containers.append(train)
+        t_exit, pump = containers.run_to_end(train, policy.train.timeout_seconds, on_line)
+        _record(out.timings, "train", t_exit)
+        if pump and pump.first_step_at is not None:
+            out.timings["train_startup_s"] = round(pump.first_step_at - t_create, 3)
+        tail = containers.log_tail(train, 400)
+        out.train_summary = parse_summary(tail.splitlines())
+        out.log_tail = _tail(tail)
+        export_error = ""
+        if t_exit.exit_code == classify.EXPORT_FAILED:
+            try:
+                export_error = containers.fetch_file(holder, f"{HOLD_TRAIN}/export_error.txt",
+                                                     EXPORT_ERROR_BYTES).decode("utf-8", "replace")
+            except containers.RefusedFile:
+                pass
+        verdict = classify.train_verdict(t_exit, timeout_s=policy.train.timeout_seconds,
+                                         memory=policy.limits.memory, log_tail=tail, export_error=export_error)
+        if verdict is not None:
+            return _finish(out, verdict.status, verdict.error, t0)
+
+        # 4. the model, copied out as hostile input
+        try:
+            t_copy = time.monotonic()
+            model_copy.unlink(missing_ok=True)
+            containers.fetch_file(holder, f"{HOLD_TRAIN}/model.pt2", policy.limits.output_mb << 20, dest=model_copy)
+            os.chmod(model_copy, 0o444)
+            out.timings["copy_model_s"] = round(time.monotonic() - t_copy, 3)
+        except containers.RefusedFile as e:
+            return _finish(out, "export_failed", f"train.py exited 0 but its model is unusable: {e}", t0)
+
+        # 5. eval (trusted code, hostile model)
+        evaluator = client.containers.create(**cspec.evaluate(
+            policy, image=spec.image, name=names["eval"], labels=labels["eval"], model_file=model_copy,
+            data_dir=Path(spec.data_dir), out_volume=names["eval-out"]))
+        made_containers.append(evaluator)
+        e_exit, _ = containers.run_to_end(evaluator, policy.eval.timeout_seconds, pump=False)
+        _record(out.timings, "eval", e_exit)
+        eval_tail = containers.log_tail(evaluator, 100)
+
+        # 6. the score: result.json only, validated
+        result, result_error = None, ""
+        if e_exit.exit_code == 0 and not e_exit.timed_out:
+            try:
+                raw = containers.fetch_file(holder, f"{HOLD_EVAL}/result.json", MAX_RESULT_BYTES)
+                result = parse_result(raw)
+                (work / "result.json").write_bytes(raw)
+            except (containers.RefusedFile, ResultError) as e:
+                result_error = str(e)
+        verdict = classify.eval_verdict(e_exit, timeout_s=policy.eval.timeout_seconds, memory=policy.limits.memory,
+                                        log_tail=eval_tail, result=result, result_error=result_error)
+        if verdict.status != "ok":
+            out.log_tail = _tail(out.log_tail + "\n--- eval ---\n" + eval_tail)
+        out.result = result
+        out.val_bpb = float(result["val_bpb"]) if verdict.status == "ok" else None
+        return _finish(out, verdict.status, verdict.error, t0)
+    except (docker.errors.DockerException, requests.exceptions.RequestException, InfraError) as e:
+        return _finish(out, "infra", f"the Docker engine failed during the trial: {_one_line(e)}", t0)
+    finally:
+        errors = cleanup.remove_containers(reversed(made_containers))
+        if client is not None:
+            errors += cleanup.remove_volumes(client, made_volumes)
+        if not spec.keep_model:
+            model_copy.unlink(missing_ok=True)
+        if errors and out.status != "infra":
+            out.error = (out.error + "; " if out.error else "") + "cleanup: " + errors[0]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _finish(out: TrialOutcome, status: str, error: str, t0: float) -> TrialOutcome:
+    out.status, out.error = status, ("" if status == "ok" else error)
+    out.timings["total_s"] = round(time.monotonic() - t0, 3)
+    return out
+
+
+def _record(timings: dict, phase: str, ex: containers.Exit) -> None:
+    timings[f"{phase}_started_at"] = ex.started_at
+    timings[f"{phase}_finished_at"] = ex.finished_at
+    timings[f"{phase}_wall_s"] = None if ex.wall_s is None else round(ex.wall_s, 3)
+    timings[f"{phase}_host_s"] = round(ex.host_wall_s, 3)
+    timings[f"{phase}_exit_code"] = ex.exit_code
+
+
+def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(getattr(e, "explanation", None) or e).split())
+    return (text or type(e).__name__)[:300]
+
+
+def _stage_candidate(candidate_dir: Path, work: Path) -> Path | None:
+    """A private, read-only regular-file copy of candidate_dir/train.py (None if it is missing or not a file)."""
+    src = candidate_dir / "train.py"
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    dest = work / "train.py"
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f_in, open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f_out:
+        shutil.copyfileobj(f_in, f_out)
+    os.chmod(dest, 0o444)
+    return dest
+
+
+def _check_data(data_dir: Path, uid: int) -> None:
+    """The mounts must exist and be readable by the trial's uid, or the trial would fail for the user's reason."""
+    for rel, is_dir in (("train", True), ("val", True), ("tokenizer", True), ("manifest.json", False)):
+        p = data_dir / rel
+        if (p.is_dir() if is_dir else p.is_file()) is False or p.is_symlink():
+            raise UserError(f"data directory {data_dir} has no {rel}{'/' if is_dir else ''} (or it is a link); "
+                            f"run `autoresearch prepare synthetic --out {data_dir}`")
+        for q in [p, *(sorted(p.iterdir()) if is_dir else [])]:
+            st = q.stat()
+            need = (stat.S_IROTH | stat.S_IXOTH) if q.is_dir() else stat.S_IROTH
+            if st.st_uid != uid and (st.st_mode & need) != need:
+                raise UserError(f"{q} is not readable by the trial user (uid {uid}; mode {stat.filemode(st.st_mode)}); "
+                                f"run `chmod -R a+rX {data_dir}`")

@@ -1,0 +1,146 @@
+"""The `autoresearch` command: user errors are one line with exit 1 and no traceback, usage errors exit 2;
+init makes a working experiment; status, report and doctor read what a run left."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import trainer
+from runner.cli import main
+from runner.ledger import Ledger
+from runner.loop import Run, RunConfig
+from runner.policy import Policy
+from runner.workspace import init_repo
+from trainer.shards import atomic_write_json
+
+from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, set_score
+
+
+def cli(*args, cwd=None):
+    """The installed entry point, as a user runs it."""
+    env = {**os.environ, "AUTORESEARCH_DATA": "/nonexistent-data"}
+    return subprocess.run(["autoresearch", *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def assert_one_line_error(p, *needles):
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoresearch: error: "), p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture
+def exp(tmp_path):
+    repo = tmp_path / "exp"
+    init_repo(repo, {"train.py": TRAIN, "program.md": "p\n", ".gitignore": "runs/\n"})
+    data = tmp_path / "data"
+    atomic_write_json(data / "manifest.json", {"schema": "autoresearch.data/1", "files": {}})
+    return repo, data
+
+
+@pytest.fixture
+def finished_run(exp):
+    repo, data = exp
+    cfg = RunConfig(repo=repo, tag="t", data_dir=data, policy=Policy(), max_trials=3, image="img:test")
+    Run(cfg, trial_fn=FakeTrial(), proposer=Scripted(set_score(0.9), crash, set_score(0.95)),
+        cleanup=lambda tag: None).run()
+    return repo
+
+
+def test_run_outside_a_repository_is_one_line(tmp_path):
+    assert_one_line_error(cli("run", "--repo", tmp_path, "--max-trials", "1"), "is not a git repository",
+                          "autoresearch init")
+
+
+def test_run_without_prepared_data_is_one_line(exp):
+    repo, _ = exp
+    assert_one_line_error(cli("run", "--repo", repo, "--data", repo / "nodata"), "no manifest.json",
+                          "autoresearch prepare synthetic")
+
+
+def test_a_bad_policy_is_one_line(exp, tmp_path):
+    repo, data = exp
+    bad = tmp_path / "p.yaml"
+    bad.write_text("decision:\n  min_delta: -1\n")
+    assert_one_line_error(cli("run", "--repo", repo, "--data", data, "--policy", bad), "decision.min_delta")
+    bad.write_text("trian: {}\n")
+    assert_one_line_error(cli("run", "--repo", repo, "--data", data, "--policy", bad), "unknown key 'trian'")
+
+
+def test_resume_without_a_run_is_one_line(exp):
+    repo, _ = exp
+    assert_one_line_error(cli("run", "--repo", repo, "--resume"), "no runs in")
+    assert_one_line_error(cli("run", "--repo", repo, "--resume", "--tag", "x"), "no run x to resume")
+
+
+def test_an_existing_tag_without_resume_is_one_line(finished_run):
+    assert_one_line_error(cli("run", "--repo", finished_run, "--tag", "t"), "run t exists", "--resume")
+
+
+def test_reproducing_a_rejected_or_unknown_trial_is_one_line(finished_run):
+    assert_one_line_error(cli("reproduce", "99", "--repo", finished_run), "has no trial 99")
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert cli("frobnicate").returncode == 2
+    assert cli("run", "--max-trials", "many").returncode == 2
+    assert cli().returncode == 2
+
+
+def test_negative_max_trials_is_one_line(exp):
+    repo, data = exp
+    assert_one_line_error(cli("run", "--repo", repo, "--data", data, "--max-trials", "-1"), "--max-trials")
+
+
+def test_init_copies_the_default_train_py_and_program_md(tmp_path):
+    p = cli("init", tmp_path / "new")
+    assert p.returncode == 0, p.stderr
+    new = tmp_path / "new"
+    assert (new / "train.py").read_text() == (Path(trainer.__file__).parent / "train.py").read_text()
+    assert "val_bpb" in (new / "program.md").read_text() and (new / ".gitignore").read_text() == "runs/\n"
+    log = subprocess.run(["git", "-C", str(new), "log", "--format=%s"], capture_output=True, text=True).stdout
+    assert log.strip() == "autoresearch init: train.py and program.md"
+    assert_one_line_error(cli("init", new), "not an empty directory")
+
+
+def test_status_lists_runs_and_shows_one(finished_run, capsys):
+    assert main(["status", "--repo", str(finished_run)]) == 0
+    assert capsys.readouterr().out.split()[:5] == ["t", "trials", "4", "best", "0.900000"]
+    assert main(["status", "--repo", str(finished_run), "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "best 0.900000" in out and "baseline 1.000000" in out and "crash" in out
+
+
+def test_report_writes_png_and_md_for_the_latest_run(finished_run, capsys):
+    assert main(["report", "--repo", str(finished_run)]) == 0
+    run_dir = finished_run / "runs" / "t"
+    assert (run_dir / "progress.png").stat().st_size > 1000
+    assert "improvement: 10.00%" in (run_dir / "report.md").read_text()
+    assert len(Ledger(run_dir).records()) == 4
+
+
+def test_doctor_names_each_failure_with_a_fix(tmp_path, llm_server):
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"proposer:\n  kind: openai\n  base_url: {llm_server.base_url}\n  model: test-model\n"
+                      "  api_key_env: AUTORESEARCH_TEST_NO_SUCH_KEY\n")
+    p = cli("doctor", "--repo", tmp_path, "--data", tmp_path / "nodata", "--policy", policy)
+    assert p.returncode == 1
+    lines = p.stdout.splitlines()
+    repo_line = next(i for i, line in enumerate(lines) if line.startswith("FAIL repo"))
+    assert lines[repo_line + 1].strip().startswith("fix: create one with `autoresearch init")
+    data_line = next(line for line in lines if line.startswith("FAIL data"))
+    assert "autoresearch prepare synthetic" in data_line
+    assert any(line.startswith("ok   endpoint") for line in lines), p.stdout
+    assert "Traceback" not in p.stderr
+
+
+def test_doctor_reports_an_endpoint_that_does_not_answer(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("proposer:\n  kind: openai\n  base_url: http://127.0.0.1:9/v1\n")
+    p = cli("doctor", "--repo", tmp_path, "--policy", policy)
+    line = next(line for line in p.stdout.splitlines() if "endpoint" in line)
+    assert line.startswith("FAIL endpoint") and "did not answer" in line

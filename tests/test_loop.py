@@ -1,0 +1,188 @@
+"""The research loop in real git repositories with a fake trial function (the Docker runs are in
+test_loop_docker.py): keep/discard/crash/rejected, the branch, refs, ledger and results.tsv agree; seeds, noise,
+confirmation; resume after an interruption runs every trial exactly once."""
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runner.errors import UserError
+from runner.ledger import Ledger
+from runner.loop import Run, RunConfig, normalized
+from runner.policy import Decision, Policy
+from runner.workspace import Workspace, init_repo
+from trainer.shards import atomic_write_json
+
+from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, escape, set_score
+
+
+@pytest.fixture
+def exp(tmp_path):
+    repo = tmp_path / "exp"
+    init_repo(repo, {"train.py": TRAIN, "program.md": "lower SCORE\n", ".gitignore": "runs/\n"})
+    data = tmp_path / "data"
+    atomic_write_json(data / "manifest.json", {"schema": "autoresearch.data/1", "files": {}})
+    return repo, data
+
+
+def start(exp, proposer, trial, *, tag="t", max_trials=None, policy="default", resume=False, data=True):
+    """Run the loop; policy=None means 'the run's own' (--resume without --policy)."""
+    repo, data_dir = exp
+    cfg = RunConfig(repo=repo, tag=tag, data_dir=data_dir if data else None,
+                    policy=Policy() if policy == "default" else policy,
+                    max_trials=max_trials, resume=resume, image="autoresearch-trial:test")
+    return Run(cfg, trial_fn=trial, proposer=proposer, cleanup=lambda tag: None).run()
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_good_is_kept_bad_discarded_crash_recorded_refusal_never_runs(exp):
+    repo, _ = exp
+    trial = FakeTrial()
+    proposer = Scripted(set_score(0.9), set_score(0.95), crash, escape, set_score(0.8))
+    summary = start(exp, proposer, trial, max_trials=5)
+    recs = Ledger(repo / "runs" / "t").records()
+    assert [(r.trial, r.kind, r.status) for r in recs] == [
+        (0, "baseline", "keep"), (1, "candidate", "keep"), (2, "candidate", "discard"),
+        (3, "candidate", "crash"), (4, "candidate", "rejected"), (5, "candidate", "keep")]
+    assert len(trial.specs) == 5  # baseline + 4: the refused patch never reached a trial
+    ws = Workspace(repo)
+    start_commit = recs[0].commit
+    # every candidate is built on the best at the time; the branch holds only the kept ones
+    assert recs[1].parent == start_commit and recs[2].parent == recs[1].commit == recs[3].parent
+    assert recs[5].parent == recs[1].commit
+    assert ws.history("t", start_commit) == [recs[1].commit, recs[5].commit]
+    assert git(repo, "rev-parse", "autoresearch/t") == summary.best_commit == recs[5].commit
+    assert summary.best_bpb == 0.8 and summary.baseline_bpb == 1.0
+    refs = ws.trial_refs("t")
+    assert refs == {0: start_commit, 1: recs[1].commit, 2: recs[2].commit, 3: recs[3].commit, 5: recs[5].commit}
+    # the ledger says why, and results.tsv agrees line by line
+    assert recs[3].log_tail.endswith("RuntimeError: boom") and "exited with 1" in recs[3].reason
+    assert "'..'" in recs[4].reason and recs[4].commit is None
+    tsv = (repo / "runs" / "t" / "results.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[3] for line in tsv] == [r.status for r in recs]
+    assert [line.split("\t")[0] for line in tsv] == [(r.commit or "-")[:7] for r in recs]
+    assert tsv[1].split("\t")[1] == "0.900000" and tsv[1].split("\t")[2] == "0.5"
+    # what else a trial records
+    r1 = recs[1]
+    assert r1.seed == 1337 and r1.image == "autoresearch-trial:test" and r1.image_digest == "sha256:fake"
+    assert r1.policy_sha256 == normalized(Policy()).sha256() and len(r1.data_manifest_sha256) == 64
+    assert r1.training_seconds == 2.0 and r1.train_tokens == 200 and r1.best_bpb_before == 1.0
+    assert {"propose_s", "check_s", "git_s", "trial_s"} <= set(r1.timings)
+    assert git(repo, "status", "--porcelain") == ""  # the user's tree: untouched (runs/ is ignored)
+    assert (repo / "train.py").read_text() == TRAIN
+
+
+def test_the_proposer_sees_the_best_files_program_and_history(exp):
+    proposer = Scripted(set_score(0.9), set_score(0.95))
+    start(exp, proposer, FakeTrial(), max_trials=2)
+    second = proposer.contexts[1]
+    assert "SCORE = 0.9" in second.files["train.py"] and second.program == "lower SCORE\n"
+    assert [h["status"] for h in second.history] == ["keep", "keep"] and second.best_bpb == 0.9
+
+
+def test_every_candidate_trains_with_the_run_seed_and_a_trial_sees_a_read_only_copy(exp):
+    trial = FakeTrial()
+    start(exp, Scripted(set_score(0.9), set_score(0.8)), trial, max_trials=2)
+    assert {s.seed for s in trial.specs} == {1337}
+    for s in trial.specs:
+        assert (Path(s.candidate_dir) / "train.py").stat().st_mode & 0o777 == 0o444
+
+
+def test_baseline_repeats_measure_noise_and_a_gain_inside_it_is_discarded(exp):
+    repo, _ = exp
+    policy = Policy(decision=Decision(baseline_repeats=3, noise_sigmas=2.0))
+    trial = FakeTrial(seed_offsets={1338: 0.02, 1339: -0.02})
+    start(exp, Scripted(set_score(0.97), set_score(0.9)), trial, max_trials=2, policy=policy)
+    recs = Ledger(repo / "runs" / "t").records()
+    base = recs[0]
+    assert [r["seed"] for r in base.repeats] == [1337, 1338, 1339]
+    assert base.noise_std == pytest.approx(0.02) and base.threshold == pytest.approx(0.04)
+    assert recs[1].status == "discard" and "within the threshold" in recs[1].reason
+    assert recs[2].status == "keep"
+
+
+def test_a_win_is_confirmed_with_another_seed_before_it_is_kept(exp):
+    repo, _ = exp
+    policy = Policy(decision=Decision(confirm_wins=True))
+    lucky_seed = 1337 + 10_000 + 1    # the confirmation of trial 1
+    trial = FakeTrial(seed_offsets={lucky_seed: 0.2})
+    start(exp, Scripted(set_score(0.9), set_score(0.9, "the same change again")), trial, max_trials=2,
+          policy=policy)
+    recs = Ledger(repo / "runs" / "t").records()
+    assert recs[1].status == "discard" and recs[1].confirm["seed"] == lucky_seed and "noise" in recs[1].reason
+    assert recs[2].status == "keep" and recs[2].confirm["val_bpb"] == 0.9
+    assert [s.seed for s in trial.specs] == [1337, 1337, lucky_seed, 1337, 1337 + 10_000 + 2]
+
+
+def test_a_failing_baseline_stops_the_run_with_one_line(exp):
+    repo, _ = exp
+    (repo / "x").write_text("")
+    ws = Workspace(repo)
+    broken = ws.commit_files(ws.head_commit(), {"train.py": "CRASH = 1  # broken\n"}, "broken")
+    git(repo, "update-ref", "HEAD", broken)
+    with pytest.raises(UserError, match=r"the baseline .* ended crash: train.py exited with 1"):
+        start(exp, Scripted(), FakeTrial(), max_trials=1)
+    assert Ledger(repo / "runs" / "t").records()[0].status == "crash"
+
+
+def test_an_interrupted_run_resumes_without_losing_or_repeating_a_trial(exp):
+    repo, _ = exp
+    edits = [set_score(0.9), set_score(0.95), set_score(0.85), set_score(0.99)]
+    with pytest.raises(KeyboardInterrupt):
+        start(exp, Scripted(*edits), FakeTrial(interrupt_at="3"), max_trials=4)
+    assert [r.trial for r in Ledger(repo / "runs" / "t").records()] == [0, 1, 2]
+    trial = FakeTrial()
+    summary = start(exp, Scripted(*edits[2:]), trial, resume=True, data=False, policy=None)
+    recs = Ledger(repo / "runs" / "t").records()
+    assert [r.trial for r in recs] == [0, 1, 2, 3, 4] and [s.trial_id for s in trial.specs] == ["3", "4"]
+    assert [r.status for r in recs] == ["keep", "keep", "discard", "keep", "discard"]
+    assert summary.best_commit == recs[3].commit == git(repo, "rev-parse", "autoresearch/t")
+
+
+def test_resume_moves_a_branch_left_behind_by_a_kill_between_ledger_and_update_ref(exp):
+    repo, _ = exp
+    start(exp, Scripted(set_score(0.9)), FakeTrial(), max_trials=1)
+    recs = Ledger(repo / "runs" / "t").records()
+    git(repo, "update-ref", "refs/heads/autoresearch/t", recs[0].commit)   # as if killed before update-ref
+    start(exp, Scripted(), FakeTrial(), resume=True, data=False, policy=None)
+    assert git(repo, "rev-parse", "autoresearch/t") == recs[1].commit
+
+
+def test_resume_refuses_a_branch_moved_to_a_foreign_commit(exp):
+    repo, _ = exp
+    start(exp, Scripted(set_score(0.9)), FakeTrial(), max_trials=1)
+    ws = Workspace(repo)
+    foreign = ws.commit_files(ws.head_commit(), {"train.py": "X = 1\n"}, "mine")
+    git(repo, "update-ref", "refs/heads/autoresearch/t", foreign)
+    with pytest.raises(UserError, match="did not make"):
+        start(exp, Scripted(), FakeTrial(), resume=True, data=False, policy=None)
+
+
+def test_an_existing_tag_needs_resume_and_resume_needs_a_run(exp):
+    start(exp, Scripted(), FakeTrial(), max_trials=0)
+    with pytest.raises(UserError, match="--resume"):
+        start(exp, Scripted(), FakeTrial(), max_trials=0)
+    with pytest.raises(UserError, match="no run other to resume"):
+        start(exp, Scripted(), FakeTrial(), tag="other", resume=True, policy=None)
+
+
+def test_resume_refuses_changed_data_or_another_policy(exp):
+    repo, data = exp
+    start(exp, Scripted(), FakeTrial(), max_trials=0)
+    with pytest.raises(UserError, match="another policy"):
+        start(exp, Scripted(), FakeTrial(), resume=True, policy=Policy(seed=1))
+    atomic_write_json(data / "manifest.json", {"schema": "autoresearch.data/1", "files": {"x": {}}})
+    with pytest.raises(UserError, match="changed since run t started"):
+        start(exp, Scripted(), FakeTrial(), resume=True, data=False, policy=None)
+
+
+def test_run_json_records_what_the_run_needs_to_resume(exp):
+    repo, data = exp
+    start(exp, Scripted(), FakeTrial(), max_trials=0)
+    meta = json.loads((repo / "runs" / "t" / "run.json").read_text())
+    assert meta["start_commit"] == Workspace(repo).head_commit() and meta["data_dir"] == str(data.resolve())
+    assert meta["policy_sha256"] == normalized(Policy()).sha256() and meta["branch"] == "autoresearch/t"

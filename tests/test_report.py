@@ -1,0 +1,59 @@
+"""The report: progress.png shows every scored trial, the kept ones and the running best, marks failures;
+report.md gives best vs baseline, the improvement, the trials by status and the kept changes in order."""
+import matplotlib.image
+import pytest
+
+from runner.ledger import Ledger, TrialRecord
+from runner.report import figure, improvement_pct, markdown, running_best, write
+
+RECS = [
+    TrialRecord(0, "baseline", "keep", "baseline", commit="a" * 40, val_bpb=1.0),
+    TrialRecord(1, "candidate", "keep", "MATRIX_LR 0.04 -> 0.06", commit="b" * 40, val_bpb=0.95,
+                best_bpb_before=1.0),
+    TrialRecord(2, "candidate", "discard", "DEPTH 4 -> 5", commit="c" * 40, val_bpb=0.97, best_bpb_before=0.95),
+    TrialRecord(3, "candidate", "crash", "huge model", commit="d" * 40, reason="train.py exited with 1"),
+    TrialRecord(4, "candidate", "rejected", "touch .git", reason="path '.git/config' is under .git"),
+    TrialRecord(5, "candidate", "keep", "WARMDOWN_FRAC 0.5 -> 0.6", commit="e" * 40, val_bpb=0.9,
+                best_bpb_before=0.95),
+]
+
+
+def test_the_running_best_steps_down_at_each_kept_trial():
+    assert running_best(RECS) == [(0, 1.0), (1, 0.95), (5, 0.9)]
+    assert improvement_pct(1.0, 0.9) == pytest.approx(10.0)
+    assert improvement_pct(None, 0.9) is None
+
+
+def test_the_figure_holds_every_series():
+    fig = figure(RECS)
+    ax = fig.axes[0]
+    series = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert series["kept"] == [[0, 1.0], [1, 0.95], [5, 0.9]]
+    assert series["discarded"] == [[2, 0.97]]
+    assert [x for x, _ in series["crash / timeout / oom / ..."]] == [3]
+    assert [x for x, _ in series["rejected patch"]] == [4]
+    line = [ln for ln in ax.lines if ln.get_label() == "best so far"][0]
+    assert list(line.get_xdata()) == [0, 1, 5, 5] and list(line.get_ydata()) == [1.0, 0.95, 0.9, 0.9]
+
+
+def test_report_md_and_progress_png_are_written_from_the_ledger(tmp_path):
+    led = Ledger(tmp_path / "runs" / "t")
+    for r in RECS:
+        led.append(r)
+    png, md = write(led.dir, "t")
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 300 and img.shape[1] > 600
+    text = md.read_text()
+    assert "baseline val_bpb: 1.000000" in text and "best val_bpb: 0.900000" in text
+    assert "improvement: 10.00%" in text
+    assert "| keep | 3 |" in text and "| crash | 1 |" in text and "| rejected | 1 |" in text
+    kept = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 5 |")]
+    assert "MATRIX_LR 0.04 -> 0.06" in kept[0] and "+0.050000" in kept[0] and "WARMDOWN_FRAC" in kept[1]
+    assert text.index("MATRIX_LR") < text.index("WARMDOWN_FRAC")
+    assert "train.py exited with 1" in text and "under .git" in text
+
+
+def test_a_report_of_a_run_without_scores_still_renders():
+    md = markdown("t", [TrialRecord(0, "baseline", "crash", "baseline", reason="boom")])
+    assert "best val_bpb: -" in md and "improvement: -" in md
+    figure([TrialRecord(0, "baseline", "crash", "baseline")])

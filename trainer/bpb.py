@@ -1,0 +1,157 @@
+"""The metric: how validation tokens are laid out for scoring, and how summed losses become bits per byte.
+
+TRUSTED CODE (baked into the trial image; used only by the evaluator).
+
+Eval layout. The val split is cut into documents at their BOS tokens (every document starts with BOS). Rows hold
+seq_len + 1 tokens; a row's inputs are row[:-1] and its targets row[1:]. Whole documents are packed into rows in
+order; when the next document does not fit in what is left of a row, the row is finished with BOS padding AT THE
+END (padding never precedes, and so never conditions, a real target) and the document starts a new row. Each
+document is therefore scored with its own full context. A document longer than a row (more than seq_len + 1 tokens)
+is cut into pieces doc[0:R], doc[R-1:2R-1], ... (R = seq_len + 1) that overlap by one token: a piece's first token
+is context only, so every token after the document's BOS is a target exactly once. A continuation piece sees only
+that one token of its document's earlier text (plus whatever precedes it in its row).
+
+Which targets count. Each row carries a mask of scored target positions: the tokens of a piece after its first
+one. A scored target weighs its byte length (tokenizer/token_bytes.json); special tokens (BOS) have 0 bytes and are
+left out of both sums, so padding, document starts and cross-document boundaries cost nothing.
+
+Batches. Rows are grouped into the fixed (eval_batch_size, seq_len) shape the model was exported with; the last
+batch is filled with all-BOS rows whose mask is empty.
+
+Arithmetic. For each scored target, nll = logsumexp(logits) - logits[target], computed in float64 from the model's
+float32 logits (rows are processed in chunks to bound memory). val_loss = sum(nll) / eval_tokens in nats per token;
+val_bpb = sum(nll) / (ln 2 * eval_bytes). A model with uniform logits scores exactly
+log2(vocab_size) * eval_tokens / eval_bytes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .shards import DataError, split_documents
+
+LN2 = math.log(2.0)
+_CHUNK_ELEMENTS = 1 << 25  # float64 elements per log-softmax chunk (256 MiB)
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """Packed eval rows. rows: (n, seq_len + 1) token ids; mask: (n, seq_len) True where row[:, 1:] is scored."""
+    rows: np.ndarray
+    mask: np.ndarray
+    bos_id: int
+
+    @property
+    def seq_len(self) -> int:
+        return self.rows.shape[1] - 1
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows.shape[0]
+
+    def weights(self, token_bytes: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Byte weight of each target in rows[start:stop]: its byte length if scored, else 0."""
+        targets = self.rows[start:stop, 1:].astype(np.int64)
+        return np.where(self.mask[start:stop], token_bytes[targets], 0)
+
+    def totals(self, token_bytes: np.ndarray) -> tuple[int, int]:
+        """(eval_tokens, eval_bytes): how many targets are scored and their total byte length."""
+        w = self.weights(token_bytes)
+        return int((w > 0).sum()), int(w.sum())
+
+    def batches(self, batch_size: int, token_bytes: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(inputs (B, T) int64, targets (B, T) int64, weights (B, T) int64), the last batch padded with BOS rows."""
+        for start in range(0, self.n_rows, batch_size):
+            stop = min(start + batch_size, self.n_rows)
+            rows = self.rows[start:stop].astype(np.int64)
+            w = self.weights(token_bytes, start, stop)
+            if stop - start < batch_size:
+                pad = batch_size - (stop - start)
+                rows = np.concatenate([rows, np.full((pad, rows.shape[1]), self.bos_id, np.int64)])
+                w = np.concatenate([w, np.zeros((pad, w.shape[1]), w.dtype)])
+            yield rows[:, :-1], rows[:, 1:], w
+
+
+def pieces(doc: np.ndarray, row_len: int) -> list[np.ndarray]:
+    """Cut one document into pieces of at most row_len tokens, consecutive pieces overlapping by one token."""
+    if len(doc) <= row_len:
+        return [doc]
+    return [doc[s:s + row_len] for s in range(0, len(doc) - 1, row_len - 1)]
+
+
+def pack(tokens: np.ndarray, bos_id: int, seq_len: int) -> EvalLayout:
+    """Lay out a val token stream as eval rows (see the module docstring)."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    row_len = seq_len + 1
+    rows: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    row = np.full(row_len, bos_id, np.int64)
+    mask = np.zeros(seq_len, bool)
+    fill = 0
+    for doc in split_documents(np.asarray(tokens), bos_id):
+        for piece in pieces(doc, row_len):
+            n = len(piece)
+            if fill + n > row_len:
+                rows.append(row)
+                masks.append(mask)
+                row = np.full(row_len, bos_id, np.int64)
+                mask = np.zeros(seq_len, bool)
+                fill = 0
+            row[fill:fill + n] = piece
+            mask[fill:fill + n - 1] = True
+            fill += n
+    if fill:
+        rows.append(row)
+        masks.append(mask)
+    if not rows:
+        raise DataError("the val split holds no tokens; run `autoresearch prepare` again")
+    dtype = np.uint16 if int(max(r.max() for r in rows)) < 2**16 else np.int64
+    return EvalLayout(np.stack(rows).astype(dtype), np.stack(masks), bos_id)
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position negative log-likelihood in nats, float64: logsumexp(logits) - logits[target]."""
+    b, t, v = logits.shape
+    flat = logits.reshape(b * t, v)
+    tgt = targets.reshape(b * t).to(logits.device)
+    out = torch.empty(b * t, dtype=torch.float64, device=logits.device)
+    step = max(1, _CHUNK_ELEMENTS // max(v, 1))
+    for s in range(0, b * t, step):
+        chunk = flat[s:s + step].double()
+        picked = chunk.gather(1, tgt[s:s + step, None]).squeeze(1)
+        out[s:s + step] = torch.logsumexp(chunk, dim=1) - picked
+    return out.reshape(b, t)
+
+
+@dataclass
+class Tally:
+    """Running sums over scored targets."""
+    nats: float = 0.0
+    tokens: int = 0
+    bytes: int = 0
+
+    def add(self, logits: torch.Tensor, targets: np.ndarray, weights: np.ndarray) -> None:
+        nll = token_nll(logits, torch.as_tensor(targets))
+        w = torch.as_tensor(weights, device=nll.device)
+        scored = w > 0
+        self.nats += float(nll[scored].sum())
+        self.tokens += int(scored.sum())
+        self.bytes += int(w.sum())
+
+    @property
+    def loss(self) -> float:
+        return self.nats / self.tokens if self.tokens else float("nan")
+
+    @property
+    def bpb(self) -> float:
+        return self.nats / (LN2 * self.bytes) if self.bytes else float("nan")
+
+
+def bits_per_byte(nats: float, n_bytes: int) -> float:
+    """Summed nats over summed target bytes -> bits per byte."""
+    return nats / (LN2 * n_bytes)
