@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Docker side of set-up, for CI and fresh machines (root, Debian 12): the engine, then the trial image.
 # Idempotent and cached across runs on the same machine; says what it does at each step.
-#   1. the engine: Debian's docker.io when dockerd is missing
+#   1. the engine: Debian's docker.io when dockerd is missing (and docker-compose, to validate compose.yaml)
 #   2. a running daemon: start dockerd when none answers, and wait for it
 #   3. the air-gapped base image (debootstrap + docker import; images/build-base.sh) when its tag is missing
 #   4. the wheelhouse (pip download; images/build-wheelhouse.sh), then the trial image when its content-hash
@@ -22,6 +22,10 @@ if ! command -v dockerd >/dev/null 2>&1; then
   apt-get install -y -q docker.io >/dev/null
 else
   say "engine installed: $(dockerd --version 2>/dev/null | head -n1)"
+fi
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  say "no compose: installing Debian's docker-compose (the tests validate compose.yaml with it)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null || say "could not install docker-compose"
 fi
 
 # 2. daemon

@@ -34,10 +34,11 @@ echo "[build-wheelhouse] pip download $(wc -l <"$pins") pinned packages from $(b
 start=$(date +%s)
 # The trial image runs CPython 3.11 on x86_64 glibc (Debian bookworm): fetch wheels for exactly that, whatever
 # the host's own Python is.
+# Debian bookworm has glibc 2.36: every manylinux tag up to 2_36 fits.
+platforms=()
+for minor in $(seq 36 -1 5); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
+platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform any)
 python3 -m pip download -q --disable-pip-version-check -r "$pins" -d "$dest" \
-  --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64 \
-  --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_12_x86_64 --platform manylinux2010_x86_64 --platform manylinux_2_5_x86_64 \
-  --platform manylinux1_x86_64 --platform any 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none "${platforms[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "$want" >"$stamp"
 echo "[build-wheelhouse] $(ls "$dest"/*.whl | wc -l) wheels, $(du -sh "$dest" | cut -f1), in $(( $(date +%s) - start )) s"

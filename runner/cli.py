@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from importlib import resources
@@ -28,6 +29,10 @@ from .errors import AutoresearchError, UserError
 from .policy import load_policy
 
 DATA_ENV = "AUTORESEARCH_DATA"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _default_data() -> Path:
@@ -103,6 +108,7 @@ def _run(args, max_trials, resume) -> int:
     live = sys.stdout.isatty() and not args.plain
     view = LiveView() if live else PlainView()
     runner = Run(cfg, events=view)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops like Ctrl-C: the trial's containers are removed
     try:
         if live:
             with view:
@@ -175,7 +181,7 @@ def cmd_report(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from .live import PlainView
-    from .loop import reproduce
+    from .reproduce import reproduce
     tag = _tag(args)
     rec, outcome = reproduce(Path(args.repo), tag, args.trial, events=PlainView() if args.verbose else None)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731

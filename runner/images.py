@@ -124,6 +124,9 @@ def tag_for(flavour: str, base: str) -> str:
 
 def expected_tag(flavour: str = "cpu", client=None) -> str:
     """The tag `build(flavour)` makes (or reuses) on this machine; what a policy with `image: null` runs."""
+    if client is None:
+        from .sandbox.preflight import connect
+        client = connect()
     return tag_for(flavour, base_image(flavour, None, client))
 
 

@@ -161,18 +161,21 @@ class Run:
                 raise UserError(f"run {self.tag} exists in {self.dir}; pass --resume to continue it or choose "
                                 "another --tag")
             policy = normalized(self.cfg.policy or Policy())
-            data = _data_dir(self.cfg.data_dir)
+            data = resolve_data_dir(self.cfg.data_dir)
             start = self.ws.head_commit()
             if not any(p in self.ws.tree(start) for p in policy.patch.allowed_files):
                 raise UserError(f"commit {start[:12]} of {self.ws.root} has none of the allowed files "
                                 f"({', '.join(policy.patch.allowed_files)}); commit train.py first")
+            image = self.cfg.image or policy.image or _default_image(policy)
+            if self.proposer is None:   # before the branch exists: a missing API key must not leave one behind
+                self.proposer = make(self.cfg.proposer or policy.proposer.kind, policy)
             self.ws.create_branch(self.tag, start)
             meta = {"tag": self.tag, "repo": str(self.ws.root), "branch": f"autoresearch/{self.tag}",
                     "start_commit": start, "created_at": time.time(), "policy": policy.model_dump(),
                     "policy_sha256": policy.sha256(), "data_dir": str(data),
                     "data_manifest_sha256": manifest_sha256(data),
                     "proposer": self.cfg.proposer or policy.proposer.kind, "max_trials": self.cfg.max_trials,
-                    "image": self.cfg.image or policy.image}
+                    "image": image}
             atomic_write_json(meta_path, meta)
         else:
             if not meta_path.exists():
@@ -183,7 +186,7 @@ class Run:
             if given.sha256() != stored.sha256():
                 raise UserError(f"run {self.tag} started under another policy (sha256 {stored.sha256()[:12]}, "
                                 f"given {given.sha256()[:12]}); resume without --policy or start a new tag")
-            data = _data_dir(self.cfg.data_dir or meta["data_dir"])
+            data = resolve_data_dir(self.cfg.data_dir or meta["data_dir"])
             if manifest_sha256(data) != meta["data_manifest_sha256"]:
                 raise UserError(f"the data in {data} changed since run {self.tag} started (manifest hash "
                                 f"{manifest_sha256(data)[:12]} vs {meta['data_manifest_sha256'][:12]}); "
@@ -201,6 +204,7 @@ class Run:
         self.policy = Policy.model_validate(meta["policy"])
         self.data = Path(meta["data_dir"])
         self.max_trials = meta["max_trials"]
+        # fixed when the run started: a resumed run stays on the same image even if the recipe changed since
         self.image = meta["image"] or _default_image(self.policy)
         self.start = meta["start_commit"]
         self.program = self._program(self.start)
@@ -356,40 +360,6 @@ class Run:
         return summarize(self.tag, self.dir, records, self.start)
 
 
-def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None = None,
-              events: Events | None = None):
-    """Run a ledger trial again from its commit, seed and image digest. Returns (the ledger record, the outcome).
-
-    Writes under runs/<tag>/reproduce/<trial>-<time>/, never into the ledger."""
-    ws = Workspace(repo)
-    run_dir = run_dir_of(ws.root, tag)
-    meta_path = run_dir / "run.json"
-    if not meta_path.exists():
-        raise UserError(f"no run {tag} in {run_dir.parent}; `autoresearch status` lists the runs")
-    meta = json.loads(meta_path.read_text())
-    recs = [r for r in Ledger(run_dir).records() if r.trial == trial_id]
-    if not recs:
-        raise UserError(f"run {tag} has no trial {trial_id} in its ledger; `autoresearch status --tag {tag}` "
-                        "lists them")
-    rec = recs[-1]
-    if rec.commit is None:
-        raise UserError(f"trial {trial_id} was {rec.status} ({rec.reason}); it never ran, so there is nothing "
-                        "to reproduce")
-    from .trial import TrialSpec
-    policy = Policy.model_validate(meta["policy"])
-    data = _data_dir(meta["data_dir"])
-    if manifest_sha256(data) != rec.data_manifest_sha256:
-        raise UserError(f"the data in {data} is not the data trial {trial_id} ran on (manifest hash differs); "
-                        "prepare the same data again or point run.json's data_dir at it")
-    work = run_dir / "reproduce" / f"{trial_id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    allowed = list(policy.patch.allowed_files)
-    candidate = ws.export(rec.commit, allowed, work / "candidate")
-    spec = TrialSpec(run_tag=f"{tag}-reproduce", trial_id=str(trial_id), candidate_dir=candidate, data_dir=data,
-                     policy=policy, image=rec.image_digest or rec.image, seed=rec.seed, work_dir=work)
-    outcome = (trial_fn or default_trial_fn())(spec, (events or Events()).line)
-    return rec, outcome
-
-
 def summarize(tag: str, run_dir: Path, records: list[TrialRecord], start: str = "") -> RunSummary:
     best = _best(records)
     base = _baseline_of(records)
@@ -433,7 +403,7 @@ def _fill(rec: TrialRecord, o) -> None:
         rec.log_tail = (o.log_tail or "")[-LOG_TAIL_CHARS:]
 
 
-def _data_dir(path) -> Path:
+def resolve_data_dir(path) -> Path:
     if path is None:
         raise UserError("no data directory given; pass --data DIR (made by `autoresearch prepare synthetic "
                         "--out DIR`)")
@@ -453,7 +423,9 @@ def _default_image(policy: Policy) -> str:
 
 
 class _LogTee:
-    """on_line that also keeps the train container's lines in the trial directory (up to MAX_LOG_BYTES)."""
+    """on_line that also keeps the train container's lines in the trial directory (up to MAX_LOG_BYTES).
+
+    Called from the trial's log thread; a line arriving after the trial returned is only forwarded."""
 
     def __init__(self, path: Path, forward: Callable[[str], None]):
         self.path, self.forward, self.written = path, forward, 0
@@ -463,9 +435,12 @@ class _LogTee:
         return self
 
     def __call__(self, line: str) -> None:
-        if self.written < MAX_LOG_BYTES:
-            self.f.write(line.rstrip("\n") + "\n")
-            self.written += len(line) + 1
+        if self.written < MAX_LOG_BYTES and not self.f.closed:
+            try:
+                self.f.write(line.rstrip("\n") + "\n")
+                self.written += len(line) + 1
+            except ValueError:  # closed between the check and the write
+                pass
         self.forward(line)
 
     def __exit__(self, *exc) -> None:

@@ -31,6 +31,7 @@ from .sandbox import classify, cleanup, containers, preflight, spec as cspec
 HOLD_TRAIN, HOLD_EVAL = "/hold/train", "/hold/eval"
 EVAL_OUT_MB = 16                      # result.json is small; the eval /out volume is capped at this
 EXPORT_ERROR_BYTES = 64 * 1024
+MAX_TRAIN_PY_BYTES = 4 << 20           # a candidate train.py larger than this is refused (crash)
 LOG_TAIL_LINES = 60
 
 
@@ -86,9 +87,13 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         cleanup.remove_leftovers(spec.run_tag, spec.trial_id, client)
 
         # 1. stage the candidate
+        (work / "result.json").unlink(missing_ok=True)
         train_py = _stage_candidate(Path(spec.candidate_dir), work)
         if train_py is None:
             return _finish(out, "crash", "the candidate has no regular file train.py (deleted or a link)", t0)
+        if train_py.stat().st_size > MAX_TRAIN_PY_BYTES:
+            return _finish(out, "crash", f"the candidate's train.py is {train_py.stat().st_size:,} bytes, over "
+                                         f"the cap of {MAX_TRAIN_PY_BYTES:,}", t0)
 
         # 2. output volumes + holder
         for role, size in (("train-out", policy.limits.output_mb), ("eval-out", min(EVAL_OUT_MB, policy.limits.output_mb))):

@@ -140,8 +140,8 @@ class Workspace:
         """Create autoresearch/<tag> at start; refuse if it exists (the caller offers --resume)."""
         ref = self.branch_ref(tag)
         if self.rev(ref):
-            raise UserError(f"branch autoresearch/{tag} exists already; pass --resume to continue that run "
-                            "or choose another --tag")
+            raise UserError(f"branch autoresearch/{tag} exists already; pass --resume to continue that run, "
+                            f"choose another --tag, or delete it (git branch -D autoresearch/{tag})")
         self.git("update-ref", ref, start, "0" * 40)
 
     def advance(self, tag: str, new: str, old: str) -> None:

@@ -89,7 +89,7 @@ def sandbox_data(tmp_path_factory):
     from trainer.prepare.cli import main as prepare_main
     from tests.sandbox_kit import open_up
     root = tmp_path_factory.mktemp("sandbox-data") / "data"
-    rc = prepare_main(["synthetic", "--out", str(root), "--train-docs", "600", "--val-docs", "30",
+    rc = prepare_main(["synthetic", "--out", str(root), "--train-docs", "600", "--val-docs", "12",
                        "--vocab-size", "512"])
     assert rc in (0, None), f"prepare synthetic failed with {rc}"
     return open_up(root)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainer.shards import atomic_write_json, write_manifest, write_shard  # noqa: F401 (re-exported)
+from trainer.shards import atomic_write_json, write_manifest, write_shard
 
 BOS = 0
 

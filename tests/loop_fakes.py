@@ -59,3 +59,8 @@ class FakeTrial:
         return TrialOutcome("ok", val_bpb=score, image_digest="sha256:fake", timings={"total_s": 0.01},
                             train_summary={"training_seconds": 2.0, "peak_memory_mb": 512.0, "num_steps": 10,
                                            "tokens_per_second": 100.0})
+
+
+def unusable(ctx):
+    return Proposal({}, "(no usable reply)", usage={"calls": 4}, raw_reply="I cannot",
+                    error="reply unusable after 4 tries: the reply holds no '<<<<<<< SEARCH <path>' block")

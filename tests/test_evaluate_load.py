@@ -184,3 +184,46 @@ def test_a_symlinked_model_is_refused(good, tmp_path):
 def test_an_archive_over_the_size_cap_is_refused_before_it_is_read(good):
     with pytest.raises(InvalidModel, match="limit"):
         load_program(good, 8, 64, VOCAB, max_bytes=1000)
+
+
+class ArangePositions(torch.nn.Module):
+    """Creates a tensor inside forward, so the graph itself names a device (aten.arange(..., device=...))."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(VOCAB, VOCAB)
+        self.pos = torch.nn.Embedding(64, VOCAB)
+
+    def forward(self, idx):
+        return self.emb(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+
+
+def to_cuda(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("device", "as_device") and isinstance(v, dict):
+                obj[k] = {"type": "cuda", "index": 0}
+            else:
+                to_cuda(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            to_cuda(v)
+
+
+def test_a_program_exported_on_a_gpu_is_scored_on_the_cpu_evaluator(data, tmp_path):
+    model = ArangePositions().eval()
+    path = K.export(model, tmp_path / "m.pt2", 8, 64)
+    assert '"as_device"' in zipfile.ZipFile(path).read("m/models/model.json").decode()
+    gpu = K.rebuild(path, tmp_path / "gpu.pt2", edit_model=to_cuda, edit_weights=to_cuda)
+    x = torch.randint(0, VOCAB, (8, 64))
+    out = load_program(gpu, 8, 64, VOCAB, device="cpu")(x)
+    with torch.no_grad():
+        assert out.device.type == "cpu" and torch.equal(out, model(x))
+    assert evaluate(gpu, data, "tiny", probe_seed=0)["status"] == "ok"
+
+
+def test_an_oversized_program_description_is_refused_unparsed(good, monkeypatch):
+    import trainer.program as program
+    monkeypatch.setattr(program, "MAX_JSON_BYTES", 1000)
+    with pytest.raises(InvalidModel, match="models/model.json is .* over the 1000-byte limit"):
+        load_program(good, 8, 64, VOCAB)

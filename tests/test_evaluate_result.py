@@ -187,3 +187,28 @@ def test_the_probe_seed_is_recorded_and_makes_the_probes_reproducible(good, data
     assert a["probes"]["seed"] == 42
     assert a["probes"]["causality"]["positions"] == b["probes"]["causality"]["positions"]
     assert c["probes"]["seed"] != 42 and a["val_bpb"] == b["val_bpb"] == c["val_bpb"]
+
+
+def test_the_schema_check_never_raises_on_hostile_values_anywhere(good, data):
+    res = evaluate(good, data, "tiny", probe_seed=1)
+    rng = np.random.default_rng(0)
+    hostile = [None, True, 0, -1, 10**400, 1e308, "x" * 10_000, [], [[[[1]]]], {}, {"a": {"b": None}}, [1, "a"],
+               {1: 2}, float("nan"), float("inf")]
+    paths = []
+
+    def walk(obj, path):
+        paths.append(path)
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, path + (k,))
+    walk(res, ())
+    for _ in range(400):
+        r = copy.deepcopy(res)
+        path = paths[int(rng.integers(1, len(paths)))]
+        target = r
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = hostile[int(rng.integers(len(hostile)))]
+        problems = check_result(r)                      # must not raise
+        assert isinstance(problems, list) and all(isinstance(p, str) and len(p) < 400 for p in problems)
+    assert check_result({"schema": 1}) and check_result({i: i for i in range(3)})

@@ -14,7 +14,7 @@ from runner.policy import Decision, Policy
 from runner.workspace import Workspace, init_repo
 from trainer.shards import atomic_write_json
 
-from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, escape, set_score
+from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, escape, set_score, unusable
 
 
 @pytest.fixture
@@ -72,8 +72,21 @@ def test_good_is_kept_bad_discarded_crash_recorded_refusal_never_runs(exp):
     assert r1.policy_sha256 == normalized(Policy()).sha256() and len(r1.data_manifest_sha256) == 64
     assert r1.training_seconds == 2.0 and r1.train_tokens == 200 and r1.best_bpb_before == 1.0
     assert {"propose_s", "check_s", "git_s", "trial_s"} <= set(r1.timings)
+    run_dir = repo / "runs" / "t"
+    assert (run_dir / "trials" / "1" / "train.log").read_text() == "step=1 loss=3.0 progress=0.5 remaining_s=1.0\n"
+    assert "+SCORE = 0.9" in (run_dir / "trials" / "1" / "diff.patch").read_text()
     assert git(repo, "status", "--porcelain") == ""  # the user's tree: untouched (runs/ is ignored)
     assert (repo / "train.py").read_text() == TRAIN
+
+
+def test_a_proposer_that_gives_up_gives_a_rejected_trial_with_its_reason(exp):
+    repo, _ = exp
+    trial = FakeTrial()
+    start(exp, Scripted(unusable), trial, max_trials=1)
+    rec = Ledger(repo / "runs" / "t").records()[1]
+    assert rec.status == "rejected" and "no '<<<<<<< SEARCH" in rec.reason and rec.llm_usage == {"calls": 4}
+    assert (repo / "runs" / "t" / "trials" / "1" / "reply.txt").read_text() == "I cannot"
+    assert len(trial.specs) == 1  # the baseline only
 
 
 def test_the_proposer_sees_the_best_files_program_and_history(exp):

@@ -221,3 +221,14 @@ def test_bad_download_options_are_one_line_errors(tmp_path, capsys):
         assert main(argv + ["--out", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c")]) == 2
         err = capsys.readouterr().err
         assert expect in err and err.count("\n") == 1, err
+
+
+def test_a_downloaded_split_without_any_text_is_an_empty_corpus_error(server, shard_files, tmp_path, capsys):
+    server.files.update({"shard_00000.parquet": shard_files["train"],
+                         "shard_06542.parquet": parquet_bytes(["", "   ", None])})
+    argv = ["climbmix", "--out", str(tmp_path / "data"), "--base-url", server.url, "--cache-dir",
+            str(tmp_path / "cache"), "--vocab-size", "300"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no val documents (empty corpus)" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists() and not list(tmp_path.glob("data.tmp-*"))

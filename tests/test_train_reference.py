@@ -14,7 +14,7 @@ REFERENCE = Path(__file__).resolve().parent.parent / "benchmarks" / "reference_g
 
 def test_the_gpt2_reference_trains_through_the_same_harness_and_exports(tmp_path):
     data = make_data(tmp_path / "data", n_docs=400, seed=4)
-    proc = train(REFERENCE, data, tmp_path / "out", budget_s=3)
+    proc = train(REFERENCE, data, tmp_path / "out", max_steps=40, budget_s=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(summary(proc.stdout)) == SUMMARY_KEYS
     losses = logged_losses(proc.stdout)

@@ -42,13 +42,12 @@ def logged_losses(stdout: str) -> list[float]:
 
 
 def test_train_py_runs_end_to_end_on_the_tiny_preset_and_reports_no_score(data, tmp_path):
-    proc = train(TRAIN_PY, data, tmp_path / "out", budget_s=4)
+    proc = train(TRAIN_PY, data, tmp_path / "out", max_steps=60, budget_s=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = summary(proc.stdout)
     assert list(s) == SUMMARY_KEYS
     assert not re.search(r"bpb|val_loss|score", proc.stdout, re.I), "train.py must not report the score"
-    assert int(s["num_steps"]) > 10 and float(s["tokens_per_second"]) > 0
-    assert float(s["training_seconds"]) == pytest.approx(4, abs=1.5)
+    assert int(s["num_steps"]) == 60 and float(s["tokens_per_second"]) > 0
     assert s["depth"] == str(harness.load_presets()["tiny"]["depth"]) and s["mfu_percent"] == "n/a"
     losses = logged_losses(proc.stdout)
     assert losses[-1] < 0.6 * losses[0], f"training should learn the progressions: {losses}"
@@ -64,10 +63,9 @@ def test_the_budget_stops_training(data, tmp_path):
     proc = train(TRAIN_PY, data, tmp_path / "out", budget_s=1.5)
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert float(summary(proc.stdout)["training_seconds"]) < 2.5
-    assert wall < 30
-    last = re.findall(r"progress=([\d.]+)", proc.stdout)[-1]
-    assert float(last) > 0.5
+    seconds = float(summary(proc.stdout)["training_seconds"])
+    assert 1.4 <= seconds < 1.5 + 3, "it trains until the budget is spent, then stops (within a step or two)"
+    assert wall < 60
 
 
 def test_max_steps_makes_two_cpu_runs_bit_identical(data, tmp_path):

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from . import bpb, probes
+from .harness import cpu_threads
 from .program import InvalidModel, load_program
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
                      manifest_sha256, sha256_file, shard_paths, verify)
@@ -74,10 +75,16 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
     return msg if len(msg) <= limit else msg[:limit - 3] + "..."
 
 
+def _finite(v) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
 def _numbers(d) -> dict:
+    """The finite numbers of a mapping (the manifest's baselines), as floats."""
     if not isinstance(d, dict):
         return {}
-    return {str(k): float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {str(k): _finite(v) for k, v in d.items() if _finite(v) is not None}
 
 
 def _skeleton(preset: str, p: dict, device: str) -> dict:
@@ -104,20 +111,11 @@ def _model_facts(path: Path) -> dict:
     return {"sha256": None, "bytes": None}
 
 
-def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cpu",
-             probe_seed: int | None = None) -> dict:
-    """Score one exported model; returns the result dict. Raises DataError / SetupError when it cannot run."""
-    t0 = time.perf_counter()
-    p = load_preset(preset)
-    if device not in ("cpu", "cuda"):
-        raise SetupError(f"unknown device {device!r}; use cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SetupError("--device cuda was given but torch sees no CUDA device; run on a GPU host or use --device cpu")
-    res = _skeleton(preset, p, device)
-    seq_len, batch = p["seq_len"], p["eval_batch_size"]
+def read_val(data: Path, seq_len: int):
+    """(manifest, vocab_size, bos_id, token_bytes, layout): the val split, verified against the manifest first.
 
-    # data: verified against the manifest before anything is scored
-    data = Path(data)
+    Raises DataError (one line) when anything is missing, corrupt, unlisted or inconsistent.
+    """
     manifest = verify(data, prefixes=("val/", "tokenizer/"))
     listed = set(manifest["files"])
     for rel in ("tokenizer/tokenizer.json", "tokenizer/token_bytes.json"):
@@ -138,13 +136,43 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
         raise DataError(f"val tokens reach id {int(tokens.max())}, outside vocab_size {vocab}; "
                         "run `autoresearch prepare` again")
     layout = bpb.pack(tokens, bos, seq_len)
-    res["eval_tokens"], res["eval_bytes"] = layout.totals(token_bytes)
-    if not res["eval_bytes"]:
+    if not layout.totals(token_bytes)[1]:
         raise DataError(f"the val split in {data} has no scorable bytes; run `autoresearch prepare` again")
-    floor = manifest.get("bpb_floor")
+    return manifest, vocab, bos, token_bytes, layout
+
+
+def probe_batch(layout: bpb.EvalLayout, batch: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(base inputs (batch, seq_len), donor rows): a random full eval batch, and up to 4 batches of other rows."""
+    seq_len, bos = layout.seq_len, layout.bos_id
+    full = layout.n_rows // batch
+    k = int(rng.integers(full)) if full else 0
+    base = np.full((batch, seq_len + 1), bos, np.int64)
+    chunk = layout.rows[k * batch:(k + 1) * batch]
+    base[:len(chunk)] = chunk
+    others = np.setdiff1d(np.arange(layout.n_rows), np.arange(k * batch, (k + 1) * batch))
+    pick = np.sort(rng.choice(others, size=min(len(others), 4 * batch), replace=False)) if len(others) else others
+    return base[:, :-1], layout.rows[pick].astype(np.int64)
+
+
+def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cpu",
+             probe_seed: int | None = None) -> dict:
+    """Score one exported model; returns the result dict. Raises DataError / SetupError when it cannot run."""
+    t0 = time.perf_counter()
+    p = load_preset(preset)
+    if device not in ("cpu", "cuda"):
+        raise SetupError(f"unknown device {device!r}; use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda was given but torch sees no CUDA device; run on a GPU host or use "
+                         "--device cpu")
+    res = _skeleton(preset, p, device)
+    seq_len, batch = p["seq_len"], p["eval_batch_size"]
+
+    data = Path(data)
+    manifest, vocab, bos, token_bytes, layout = read_val(data, seq_len)
+    res["eval_tokens"], res["eval_bytes"] = layout.totals(token_bytes)
     res["vocab_size"] = vocab
     res["data"] = {"manifest_sha256": manifest_sha256(data),
-                   "bpb_floor": float(floor) if isinstance(floor, (int, float)) else None,
+                   "bpb_floor": _finite(manifest.get("bpb_floor")),
                    "source": manifest.get("source") if isinstance(manifest.get("source"), str) else None,
                    "baselines": _numbers(manifest.get("baselines"))}
     t1 = time.perf_counter()
@@ -179,23 +207,15 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
     seed = probe_seed if probe_seed is not None else secrets.randbits(63)
     res["probes"]["seed"] = seed
     rng = np.random.default_rng(seed)
-    n_batches = math.ceil(layout.n_rows / batch)
-    full = layout.n_rows // batch
-    k = int(rng.integers(full)) if full else 0
-    base_rows = np.full((batch, seq_len + 1), bos, np.int64)
-    chunk = layout.rows[k * batch:(k + 1) * batch]
-    base_rows[:len(chunk)] = chunk
-    base = torch.as_tensor(base_rows[:, :-1]).to(device)
-    others = np.setdiff1d(np.arange(layout.n_rows), np.arange(k * batch, (k + 1) * batch))
-    donors = layout.rows[np.sort(rng.choice(others, size=min(len(others), 4 * batch), replace=False))] \
-        if len(others) else np.zeros((0, seq_len + 1), np.int64)
+    base_np, donors = probe_batch(layout, batch, rng)
+    base = torch.as_tensor(base_np).to(device)
     try:
         first = forward(base, "a probe batch")
         if not torch.isfinite(first).all():
             raise InvalidModel("model gives non-finite logits (NaN or inf) on real val rows")
-        del first
         ran = probes.run_probes(lambda x: forward(x, "a probe batch"), base, donors, vocab, bos,
-                                int(rng.integers(2**63)))
+                                int(rng.integers(2**63)), base_logits=first)
+        del first
     except InvalidModel as e:
         res["timings"]["probe_s"] = round(time.perf_counter() - t2, 4)
         return finish("invalid_model", str(e))
@@ -208,6 +228,7 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
         return finish("violation", f"{failed.name} probe failed: {failed.evidence}")
 
     # the score
+    n_batches = math.ceil(layout.n_rows / batch)
     tally = bpb.Tally()
     try:
         for i, (x, y, w) in enumerate(layout.batches(batch, token_bytes)):
@@ -228,80 +249,106 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
 
 # --------------------------------------------------------------------------- the schema, checked
 
+_PROBE_KEYS = {"passed", "max_abs_diff", "evidence", "positions", "rows"}
+_SECTIONS = {  # section -> {field: (kind, nullable)}; kind: "str", "int", "num" (finite int or float), "nums"
+    "data": {"manifest_sha256": ("str", True), "bpb_floor": ("num", True), "source": ("str", True),
+             "baselines": ("nums", False)},
+    "model": {"sha256": ("str", True), "bytes": ("int", True), "num_params": ("int", True)},
+    "timings": {k: ("num", True) for k in ("data_s", "load_s", "probe_s", "eval_s", "total_s")},
+    "versions": {"torch": ("str", False), "python": ("str", False), "evaluator": ("str", False)},
+}
+
+
+def _short(v) -> str:
+    return type(v).__name__ if isinstance(v, (dict, list)) else str(v)[:40]
+
+
+def _is(v, kind: str) -> bool:
+    if isinstance(v, bool):
+        return False
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "int":
+        return isinstance(v, int)
+    if kind == "num":
+        return isinstance(v, int) or isinstance(v, float) and math.isfinite(v)
+    if kind == "ints":
+        return isinstance(v, list) and all(_is(x, "int") for x in v)
+    if kind == "nums":
+        return isinstance(v, dict) and all(_is(x, "num") for x in v.values())
+    raise ValueError(kind)
+
+
 def check_result(obj) -> list[str]:
-    """Problems with a result object against schema autoresearch.result/1 (empty list: valid)."""
+    """Problems with a result object against schema autoresearch.result/1 (empty list: valid). Never raises."""
     errs: list[str] = []
 
-    def num(v, allow_none=True):
-        return (v is None and allow_none) or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              and math.isfinite(v))
-
-    def typed(where, v, types, allow_none=False):
-        if v is None and allow_none:
-            return
-        if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
-            errs.append(f"{where} must be {'/'.join(t.__name__ for t in types)}{' or null' if allow_none else ''}, "
-                        f"got {v!r}")
+    def field(where: str, v, kind: str, nullable: bool = False) -> None:
+        if not (v is None and nullable) and not _is(v, kind):
+            errs.append(f"{where} must be {kind}{' or null' if nullable else ''}, got {_short(v)}")
 
     if not isinstance(obj, dict):
         return ["result must be a JSON object"]
     top = {"schema", "status", "val_bpb", "val_loss", "eval_tokens", "eval_bytes", "preset", "seq_len",
            "eval_batch_size", "vocab_size", "device", "probes", "data", "model", "timings", "versions", "error"}
     if set(obj) != top:
-        errs.append(f"keys differ from the schema: missing {sorted(top - set(obj))}, extra {sorted(set(obj) - top)}")
-        return errs
+        return [f"keys differ from the schema: missing {sorted(top - set(obj))}, "
+                f"extra {sorted(str(k)[:40] for k in set(obj) - top)}"]
     if obj["schema"] != SCHEMA:
-        errs.append(f"schema must be {SCHEMA!r}, got {obj['schema']!r}")
-    if obj["status"] not in STATUSES:
-        errs.append(f"status must be one of {STATUSES}, got {obj['status']!r}")
+        errs.append(f"schema must be {SCHEMA!r}, got {_short(obj['schema'])}")
+    if not isinstance(obj["status"], str) or obj["status"] not in STATUSES:
+        errs.append(f"status must be one of {STATUSES}, got {_short(obj['status'])}")
     ok = obj["status"] == "ok"
     for key in ("val_bpb", "val_loss"):
-        if ok and not (num(obj[key], False) and obj[key] > 0):
-            errs.append(f"{key} must be a positive number when status is ok, got {obj[key]!r}")
+        if ok and not (_is(obj[key], "num") and obj[key] > 0):
+            errs.append(f"{key} must be a positive number when status is ok, got {_short(obj[key])}")
         if not ok and obj[key] is not None:
-            errs.append(f"{key} must be null unless status is ok, got {obj[key]!r}")
-    for key in ("eval_tokens", "eval_bytes", "seq_len", "eval_batch_size", "vocab_size"):
-        typed(key, obj[key], (int,), allow_none=key not in ("seq_len", "eval_batch_size") and not ok)
-    typed("preset", obj["preset"], (str,))
-    if obj["device"] not in ("cpu", "cuda"):
-        errs.append(f"device must be cpu or cuda, got {obj['device']!r}")
-    typed("error", obj["error"], (str,), allow_none=ok)
+            errs.append(f"{key} must be null unless status is ok, got {_short(obj[key])}")
+    for key in ("eval_tokens", "eval_bytes", "vocab_size"):
+        field(key, obj[key], "int", nullable=not ok)
+    for key in ("seq_len", "eval_batch_size"):
+        field(key, obj[key], "int")
+    field("preset", obj["preset"], "str")
+    if obj["device"] not in ("cpu", "cuda") or not isinstance(obj["device"], str):
+        errs.append(f"device must be cpu or cuda, got {_short(obj['device'])}")
     if ok and obj["error"] is not None:
         errs.append("error must be null when status is ok")
+    field("error", obj["error"], "str", nullable=ok)
     pr = obj["probes"]
     if not isinstance(pr, dict) or set(pr) != {"seed", "tolerance", *PROBE_NAMES}:
-        errs.append(f"probes must hold seed, tolerance and {PROBE_NAMES}")
+        errs.append(f"probes must hold exactly seed, tolerance and {', '.join(PROBE_NAMES)}")
     else:
+        field("probes.seed", pr["seed"], "int", nullable=True)
+        field("probes.tolerance", pr["tolerance"], "num")
         for name in PROBE_NAMES:
             r = pr[name]
             if r is None:
                 if ok:
                     errs.append(f"probes.{name} must be present when status is ok")
                 continue
-            if not isinstance(r, dict) or set(r) != {"passed", "max_abs_diff", "evidence", "positions", "rows"}:
-                errs.append(f"probes.{name} must hold passed, max_abs_diff, evidence, positions, rows")
+            if not isinstance(r, dict) or set(r) != _PROBE_KEYS:
+                errs.append(f"probes.{name} must hold exactly {', '.join(sorted(_PROBE_KEYS))}")
                 continue
-            typed(f"probes.{name}.passed", r["passed"], (bool,))
-            if not num(r["max_abs_diff"], allow_none=r["passed"] is False):
-                errs.append(f"probes.{name}.max_abs_diff must be a number (null only for a failed probe)")
+            if not isinstance(r["passed"], bool):
+                errs.append(f"probes.{name}.passed must be true or false, got {_short(r['passed'])}")
+            field(f"probes.{name}.max_abs_diff", r["max_abs_diff"], "num", nullable=r["passed"] is False)
+            field(f"probes.{name}.evidence", r["evidence"], "str")
+            field(f"probes.{name}.positions", r["positions"], "ints")
+            field(f"probes.{name}.rows", r["rows"], "ints")
             if ok and r["passed"] is not True:
                 errs.append(f"probes.{name} did not pass but status is ok")
         if obj["status"] == "violation" and not any(isinstance(pr[n], dict) and pr[n].get("passed") is False
                                                     for n in PROBE_NAMES):
             errs.append("status is violation but no probe failed")
-    for section, keys in (("data", {"manifest_sha256", "bpb_floor", "source", "baselines"}),
-                          ("model", {"sha256", "bytes", "num_params"}),
-                          ("timings", {"data_s", "load_s", "probe_s", "eval_s", "total_s"}),
-                          ("versions", {"torch", "python", "evaluator"})):
-        if not isinstance(obj[section], dict) or set(obj[section]) != keys:
-            errs.append(f"{section} must hold exactly {sorted(keys)}")
+    for section, fields in _SECTIONS.items():
+        sec = obj[section]
+        if not isinstance(sec, dict) or set(sec) != set(fields):
+            errs.append(f"{section} must hold exactly {', '.join(sorted(fields))}")
             continue
-        if section == "timings":
-            for k, v in obj[section].items():
-                if not num(v) or (v is not None and v < 0) or (ok and v is None):
-                    errs.append(f"timings.{k} must be a non-negative number{'' if not ok else ''}, got {v!r}")
-    if isinstance(obj["data"], dict) and set(obj["data"]) >= {"bpb_floor"} and not num(obj["data"]["bpb_floor"]):
-        errs.append("data.bpb_floor must be a number or null")
+        for k, (kind, nullable) in fields.items():
+            field(f"{section}.{k}", sec[k], kind, nullable)
+            if section == "timings" and _is(sec[k], "num") and sec[k] < 0:
+                errs.append(f"timings.{k} must not be negative")
     return errs
 
 
@@ -325,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--probe-seed", type=int, default=None, help="fix the probes' random choices (default: random)")
     args = ap.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(cpu_threads())   # the container's CPU quota, not the host's core count
     try:
         res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed)
     except SetupError as e:

@@ -141,10 +141,16 @@ def causality(model: Model, base: torch.Tensor, ref: torch.Tensor, rng: np.rando
 
 
 def run_probes(model: Model, base: torch.Tensor, donors: np.ndarray, vocab_size: int, bos_id: int,
-               seed: int) -> dict[str, ProbeResult]:
-    """Run the probes in order and stop at the first failure. Returns {name: result} for the probes that ran."""
+               seed: int, base_logits: torch.Tensor | None = None) -> dict[str, ProbeResult]:
+    """Run the probes in order and stop at the first failure. Returns {name: result} for the probes that ran.
+
+    base_logits: the model's output on `base` if the caller already has it (saves one forward pass).
+    """
     rng = np.random.default_rng(seed)
-    ref = _logprobs(model, base)
+    if base_logits is None:
+        ref = _logprobs(model, base)
+    else:
+        ref = torch.log_softmax(base_logits.float(), dim=-1)
     results: dict[str, ProbeResult] = {}
     for name, run in (("determinism", lambda: determinism(model, base, ref)),
                       ("batch_independence",

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_MODEL_BYTES = 8 << 30           # a .pt2 larger than this is refused before it is read
+MAX_JSON_BYTES = 64 << 20           # a GPT's program JSON is well under 1 MiB; a huge one is refused unparsed
 ALLOWED_NAMESPACES = ("aten", "prims")
 DENIED_OPS = {"from_file", "_print", "save", "load"}   # I/O: reading the val shards, printing
 _SAFE = re.compile(r"^[A-Za-z0-9_.]*$")
@@ -135,6 +136,9 @@ def _entries(raw: bytes) -> dict[str, bytes]:
             raise _fail(f"model archive holds compiled native code ({rel}); the evaluator loads exported graphs only")
         if rel.startswith("extra/"):
             continue  # extra files are free text; dropped, never read by the evaluator
+        if rel.endswith(".json") and info.file_size > MAX_JSON_BYTES:
+            raise _fail(f"model archive entry {rel} is {info.file_size} bytes, over the {MAX_JSON_BYTES}-byte limit "
+                        "for a program description")
         if rel not in _KEEP and not _WEIGHT.match(rel) and not _CONST.match(rel):
             raise _fail(f"model archive has an unexpected entry {rel!r}; only one model saved with "
                         "torch.export.save (no pickled, custom or legacy payloads) is accepted")

@@ -222,7 +222,7 @@ class GPT(nn.Module):
 
     def matmul_flops_per_token(self, seq_len):
         """Approximate training FLOPs per token: 6 per weight of every matmul + causal attention scores."""
-        n = sum(p.numel() for n_, p in self.named_parameters() if p.dim() == 2 and "embed" not in n_ and n_ != "wte.weight")
+        n = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))  # embeddings are lookups
         attn = sum(6 * MODEL_DIM * min(w, seq_len) for w in self.windows)  # QK^T and AV, fwd + bwd, causal half
         return 6 * n + attn
 

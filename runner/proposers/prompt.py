@@ -18,7 +18,7 @@ SYSTEM = """You are an ML researcher improving a small GPT training script. Each
 fixed time budget in a sandbox (no network, no validation data) and then scored by a trusted evaluator on \
 validation bits per byte (val_bpb, lower is better). An edit is kept only if val_bpb goes down.
 
-Propose ONE focused change per reply. Reply in exactly this format and nothing else matters:
+Propose ONE focused change per reply, in exactly this format (text outside the blocks is ignored):
 
 DESCRIPTION: <one line: what you changed and why>
 

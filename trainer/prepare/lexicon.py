@@ -149,9 +149,9 @@ ENDING = zipf(["was happy", "went home", "fell asleep", "smiled", "was tired", "
 CONTINUE = table([("more", CONTINUE_P), ("stop", 1 - CONTINUE_P)])
 TWO = table([("two", 0.75), ("one", 0.25)])
 HAS_HOME = table([("yes", 0.5), ("no", 0.5)])
-SAME = table([("same", 0.65), ("other", 0.35)])
-FORM_SAME = table([("pronoun", 0.55), ("name", 0.3), ("animal", 0.15)])
-FORM_OTHER = table([("name", 0.75), ("animal", 0.25)])
+SAME = table([("same", 0.7), ("other", 0.3)])
+FORM_SAME = table([("pronoun", 0.6), ("name", 0.25), ("animal", 0.15)])
+FORM_OTHER = table([("name", 0.7), ("animal", 0.3)])
 OBJ_FORM = table([("name", 0.6), ("animal", 0.25), ("pronoun", 0.15)])
 EVENT_TWO = table([("move", 0.16), ("find", 0.16), ("see", 0.22), ("feel", 0.12), ("say", 0.08), ("count", 0.08),
                    ("play", 0.06), ("give", 0.06), ("help", 0.03), ("scene", 0.03)])

@@ -28,6 +28,7 @@ DATA_URL_ENV = "AUTORESEARCH_DATA_URL"
 CACHE_ENV = "AUTORESEARCH_CACHE"
 DEFAULT_SYNTHETIC_TRAIN_DOCS = 80_000
 DEFAULT_SYNTHETIC_VAL_DOCS = 2_000
+MAX_CACHED_SYNTHETIC_DOCS = 400_000       # about 150 MB of text
 DEFAULT_REMOTE_VAL_DOCS = 1_000
 MAX_DEFAULT_FILE_VAL_DOCS = 1_000
 
@@ -52,10 +53,24 @@ def synthetic_corpus(seed: int, train_docs: int | None, val_docs: int | None) ->
                            f"--val-docs {n_val}; use positive counts")
     val = list(synthetic.generate(seed, n_val, "val"))
     texts = [t for t, _ in val]
+    done: list[list[str]] = []  # train docs are read twice (tokenizer, shards): keep one complete pass
+
+    def train_stream():
+        if done:
+            yield from done[0]
+            return
+        keep, texts_ = n_train <= MAX_CACHED_SYNTHETIC_DOCS, []
+        for text, _ in synthetic.generate(seed, n_train, "train"):
+            if keep:
+                texts_.append(text)
+            yield text
+        if keep:
+            done.append(texts_)
+
     return Corpus(
         source="synthetic",
         params={"grammar": synthetic.GRAMMAR_VERSION, "seed": seed, "train_docs": n_train, "val_docs": n_val},
-        train_docs=lambda: (t for t, _ in synthetic.generate(seed, n_train, "train")),
+        train_docs=train_stream,
         val_docs=lambda: iter(texts),
         val_bits=sum(b for _, b in val),
     )

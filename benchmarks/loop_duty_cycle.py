@@ -1,0 +1,129 @@
+"""Benchmark: the loop's duty cycle and research result with the `mutate` proposer on CPU.
+
+For each trial of a real run (real git, real containers), the share of its wall time spent inside the training
+budget (train.py's own `training_seconds`) versus everything else: proposal, patch check, git, container start
+(create -> first step), the rest of the train container (model build, export), eval, bookkeeping (ledger,
+report, the gap to the next trial). Then the best val_bpb after the run's trials versus the baseline, as a %
+improvement. Prints markdown tables (for docs/benchmarks.md).
+
+    python benchmarks/loop_duty_cycle.py                       # 10 trials at a 60 s budget, `cpu` preset
+    python benchmarks/loop_duty_cycle.py --trials 20 --budget 60 --data DIR --keep runs-dir
+
+Needs the Docker engine and the trial image (built here if missing). Without --data it prepares the synthetic
+data set into a temp directory first (not timed).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from runner import images  # noqa: E402
+from runner.ledger import Ledger, TrialRecord  # noqa: E402
+from runner.live import PlainView  # noqa: E402
+from runner.loop import Run, RunConfig  # noqa: E402
+from runner.policy import load_policy  # noqa: E402
+from runner.workspace import init_repo  # noqa: E402
+
+
+def policy_for(args):
+    base = load_policy(args.policy)
+    raw = base.model_dump()
+    raw["preset"] = args.preset
+    raw["train"] = {**raw["train"], "budget_seconds": args.budget, "timeout_seconds": args.budget + 180}
+    raw["proposer"] = {**raw["proposer"], "kind": "mutate"}
+    return type(base).model_validate(raw)
+
+
+def phases(r: TrialRecord, wall: float) -> dict:
+    t, tt = r.timings, r.trial_timings
+    training = r.training_seconds or 0.0
+    startup = tt.get("train_startup_s") or 0.0
+    train_wall = tt.get("train_wall_s") or 0.0
+    evaluation = tt.get("eval_wall_s") or 0.0
+    loop = sum(t.get(k, 0.0) for k in ("propose_s", "check_s", "git_s"))
+    trial_total = t.get("trial_s", 0.0) + t.get("confirm_s", 0.0)
+    return {"wall": wall, "training": training, "share": 100 * training / wall if wall else 0.0,
+            "proposal+git": loop, "start": startup, "train_rest": max(0.0, train_wall - startup - training),
+            "eval": evaluation,
+            "other": max(0.0, wall - loop - startup - max(0.0, train_wall - startup - training) - training
+                         - evaluation)}
+
+
+def table(records: list[TrialRecord]) -> tuple[str, float, float]:
+    rows = ["| trial | status | wall s | training s | in budget | proposal+git s | container start s | "
+            "train rest s | eval s | other s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    tot_wall = tot_train = 0.0
+    for i, r in enumerate(records):
+        nxt = records[i + 1].started_at if i + 1 < len(records) else r.finished_at
+        p = phases(r, nxt - r.started_at)
+        if r.kind == "candidate":
+            tot_wall += p["wall"]
+            tot_train += p["training"]
+        rows.append(f"| {r.trial}{' (baseline)' if r.kind == 'baseline' else ''} | {r.status} | {p['wall']:.1f} | "
+                    f"{p['training']:.1f} | {p['share']:.1f}% | {p['proposal+git']:.2f} | {p['start']:.1f} | "
+                    f"{p['train_rest']:.1f} | {p['eval']:.1f} | {p['other']:.1f} |")
+    return "\n".join(rows), tot_wall, tot_train
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=10, help="mutate trials after the baseline (default 10)")
+    ap.add_argument("--budget", type=float, default=60.0, help="training budget per trial in s (default 60)")
+    ap.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "h100"])
+    ap.add_argument("--policy", default=None, help="base policy (default policies/default.yaml)")
+    ap.add_argument("--data", type=Path, help="prepared data (default: synthetic, prepared into a temp dir)")
+    ap.add_argument("--keep", type=Path, help="keep the experiment repository (and its runs/) here")
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="loop-bench-"))
+    try:
+        data = args.data
+        if data is None:
+            from trainer.prepare import main as prepare_main
+            data = work / "data"
+            print(f"preparing synthetic data in {data} ...", file=sys.stderr)
+            if prepare_main(["synthetic", "--out", str(data)]) not in (0, None):
+                return 1
+            for p in [data, *data.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o444 | (0o111 if p.is_dir() else 0))
+        policy = policy_for(args)
+        img = images.build(policy.flavour)
+        repo = (args.keep or work) / "exp"
+        init_repo(repo, {"train.py": resources.files("trainer").joinpath("train.py").read_text(),
+                         "program.md": resources.files("runner").joinpath("program.md").read_text(),
+                         ".gitignore": "runs/\n"})
+        t0 = time.monotonic()
+        summary = Run(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
+                                image=img.tag), events=PlainView(sys.stderr)).run()
+        elapsed = time.monotonic() - t0
+        records = Ledger(summary.run_dir).records()
+        rows, wall, train = table(records)
+        base, best = summary.baseline_bpb, summary.best_bpb
+        print(f"## Loop duty cycle: mutate, `{args.preset}` preset, {args.budget:.0f} s budget, "
+              f"{args.trials} trials\n")
+        print(rows)
+        print(f"\nCandidate trials: {train:.0f} s of {wall:.0f} s wall inside training budgets = "
+              f"**{100 * train / wall:.1f}%** (whole run incl. baseline: {elapsed:.0f} s)\n")
+        print("## Research result\n")
+        print("| baseline val_bpb | best val_bpb | improvement | kept | discarded | failed |")
+        print("|---|---|---|---|---|---|")
+        c = summary.counts
+        failed = sum(v for k, v in c.items() if k not in ("keep", "discard"))
+        print(f"| {base:.6f} | {best:.6f} | {100 * (base - best) / base:.2f}% | {c.get('keep', 1) - 1} | "
+              f"{c.get('discard', 0)} | {failed} |")
+        return 0
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
