@@ -34,7 +34,7 @@ if docker info >/dev/null 2>&1; then
 else
   say "no engine answers: starting dockerd (log: /var/log/dockerd.log)"
   nohup dockerd >/var/log/dockerd.log 2>&1 &
-  for i in $(seq 1 60); do
+  for _ in $(seq 1 60); do
     if docker info >/dev/null 2>&1; then break; fi
     sleep 1
   done

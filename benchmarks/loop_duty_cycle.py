@@ -26,11 +26,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from runner import images  # noqa: E402
+from runner.errors import AutoresearchError  # noqa: E402
 from runner.ledger import Ledger, TrialRecord  # noqa: E402
 from runner.live import PlainView  # noqa: E402
 from runner.loop import Run, RunConfig  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
 from runner.workspace import init_repo  # noqa: E402
+from trainer.shards import DataError  # noqa: E402
 
 
 def policy_for(args):
@@ -38,6 +40,7 @@ def policy_for(args):
     raw = base.model_dump()
     raw["preset"] = args.preset
     raw["train"] = {**raw["train"], "budget_seconds": args.budget, "timeout_seconds": args.budget + 180}
+    raw["eval"] = {**raw["eval"], "timeout_seconds": args.eval_timeout}
     raw["proposer"] = {**raw["proposer"], "kind": "mutate"}
     return type(base).model_validate(raw)
 
@@ -81,6 +84,8 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", default=None, help="base policy (default policies/default.yaml)")
     ap.add_argument("--data", type=Path, help="prepared data (default: synthetic, prepared into a temp dir)")
     ap.add_argument("--keep", type=Path, help="keep the experiment repository (and its runs/) here")
+    ap.add_argument("--eval-timeout", type=float, default=900.0,
+                    help="eval container limit in s (default 900: the full synthetic val split is slow on a CPU)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="loop-bench-"))
@@ -101,8 +106,12 @@ def main(argv=None) -> int:
                          "program.md": resources.files("runner").joinpath("program.md").read_text(),
                          ".gitignore": "runs/\n"})
         t0 = time.monotonic()
-        summary = Run(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
-                                image=img.tag), events=PlainView(sys.stderr)).run()
+        try:
+            summary = Run(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
+                                    image=img.tag), events=PlainView(sys.stderr)).run()
+        except (AutoresearchError, DataError) as e:
+            print(f"loop_duty_cycle: {' '.join(str(e).split())}", file=sys.stderr)
+            return 1
         elapsed = time.monotonic() - t0
         records = Ledger(summary.run_dir).records()
         rows, wall, train = table(records)

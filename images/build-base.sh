@@ -36,6 +36,7 @@ if [[ -z "${MIRROR:-}" ]]; then
 fi
 if ! command -v debootstrap >/dev/null; then
   echo "[build-base] installing debootstrap"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
 fi
 

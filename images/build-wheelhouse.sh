@@ -27,7 +27,7 @@ grep -v -E '^[[:space:]]*(-|#|$)' "$req" >"$pins"
 stamp="$dest/.pins.sha256"
 want="$(sha256sum "$pins" | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  echo "[build-wheelhouse] $dest already holds every pinned wheel ($(ls "$dest"/*.whl | wc -l) wheels, $(du -sh "$dest" | cut -f1))"
+  echo "[build-wheelhouse] $dest already holds every pinned wheel ($(find "$dest" -maxdepth 1 -name "*.whl" | wc -l) wheels, $(du -sh "$dest" | cut -f1))"
   exit 0
 fi
 echo "[build-wheelhouse] pip download $(wc -l <"$pins") pinned packages from $(basename "$req") -> $dest"
@@ -41,4 +41,4 @@ platforms+=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --pl
 python3 -m pip download -q --disable-pip-version-check -r "$pins" -d "$dest" \
   --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none "${platforms[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "$want" >"$stamp"
-echo "[build-wheelhouse] $(ls "$dest"/*.whl | wc -l) wheels, $(du -sh "$dest" | cut -f1), in $(( $(date +%s) - start )) s"
+echo "[build-wheelhouse] $(find "$dest" -maxdepth 1 -name "*.whl" | wc -l) wheels, $(du -sh "$dest" | cut -f1), in $(( $(date +%s) - start )) s"

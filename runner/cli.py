@@ -84,7 +84,8 @@ def cmd_init(args) -> int:
 
 def cmd_prepare(args) -> int:
     from trainer.prepare import main as prepare_main
-    return prepare_main(args.rest, prog="autoresearch prepare") or 0
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return prepare_main(rest, prog="autoresearch prepare") or 0
 
 
 def cmd_build(args) -> int:
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["prepare"]:  # every argument (--help included) belongs to trainer.prepare
+        argv = ["prepare", "--", *argv[1:]] if len(argv) > 1 else argv
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

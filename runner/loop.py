@@ -87,12 +87,6 @@ def default_cleanup(tag: str) -> None:
     remove_leftovers(run_tag=tag)
 
 
-def normalized(policy: Policy) -> Policy:
-    """The policy as it reads back from run.json: defaults coerced like loaded values (240 -> 240.0), so its
-    sha256 is the same whether it came from a YAML file, from defaults, or from run.json on --resume."""
-    return Policy.model_validate(policy.model_dump())
-
-
 def _num(x):
     try:
         return float(x)
@@ -160,7 +154,7 @@ class Run:
             if meta_path.exists() or self.ledger.exists():
                 raise UserError(f"run {self.tag} exists in {self.dir}; pass --resume to continue it or choose "
                                 "another --tag")
-            policy = normalized(self.cfg.policy or Policy())
+            policy = self.cfg.policy or Policy()
             data = resolve_data_dir(self.cfg.data_dir)
             start = self.ws.head_commit()
             if not any(p in self.ws.tree(start) for p in policy.patch.allowed_files):
@@ -182,7 +176,7 @@ class Run:
                 raise UserError(f"no run {self.tag} to resume in {self.dir}; start it without --resume")
             meta = json.loads(meta_path.read_text())
             stored = Policy.model_validate(meta["policy"])
-            given = normalized(self.cfg.policy) if self.cfg.policy is not None else stored
+            given = self.cfg.policy if self.cfg.policy is not None else stored
             if given.sha256() != stored.sha256():
                 raise UserError(f"run {self.tag} started under another policy (sha256 {stored.sha256()[:12]}, "
                                 f"given {given.sha256()[:12]}); resume without --policy or start a new tag")
@@ -349,7 +343,7 @@ class Run:
             work = self._fresh_dir(work / sub)
         work.mkdir(parents=True, exist_ok=True)
         candidate = self.ws.export(commit, self.allowed, work / "candidate")
-        self.events.phase("training", f"seed {seed}")
+        self.events.phase("train + eval", f"seed {seed}")
         spec = TrialSpec(run_tag=self.tag, trial_id=f"{n}-{sub}" if sub else str(n), candidate_dir=candidate,
                          data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work)
         with _LogTee(work / "train.log", self.events.line) as on_line:

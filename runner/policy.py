@@ -22,7 +22,7 @@ _SIZE = re.compile(r"^\d+(\.\d+)?[kmg]?$", re.IGNORECASE)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class TrainPhase(_Strict):

@@ -96,7 +96,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                                          f"the cap of {MAX_TRAIN_PY_BYTES:,}", t0)
 
         # 2. output volumes + holder
-        for role, size in (("train-out", policy.limits.output_mb), ("eval-out", min(EVAL_OUT_MB, policy.limits.output_mb))):
+        sizes = {"train-out": policy.limits.output_mb, "eval-out": min(EVAL_OUT_MB, policy.limits.output_mb)}
+        for role, size in sizes.items():
             client.volumes.create(**cspec.output_volume(policy, name=names[role], labels=labels[role], size_mb=size))
             made_volumes.append(names[role])
         holder = client.containers.create(**cspec.holder(

@@ -144,3 +144,12 @@ def test_doctor_reports_an_endpoint_that_does_not_answer(tmp_path):
     p = cli("doctor", "--repo", tmp_path, "--policy", policy)
     line = next(line for line in p.stdout.splitlines() if "endpoint" in line)
     assert line.startswith("FAIL endpoint") and "did not answer" in line
+
+
+def test_prepare_hands_every_argument_to_trainer_prepare(tmp_path):
+    p = cli("prepare", "--help")
+    assert p.returncode == 0 and "usage: autoresearch prepare" in p.stdout and "--out" in p.stdout
+    p = cli("prepare", "synthetic", "--out", tmp_path / "d", "--train-docs", 200, "--val-docs", 20,
+            "--vocab-size", 300)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "d" / "manifest.json").is_file()

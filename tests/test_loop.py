@@ -9,12 +9,13 @@ import pytest
 
 from runner.errors import UserError
 from runner.ledger import Ledger
-from runner.loop import Run, RunConfig, normalized
+from runner.loop import Run, RunConfig
 from runner.policy import Decision, Policy
 from runner.workspace import Workspace, init_repo
 from trainer.shards import atomic_write_json
 
 from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, escape, set_score, unusable
+from tests.test_workspace import arm_repository
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_good_is_kept_bad_discarded_crash_recorded_refusal_never_runs(exp):
     # what else a trial records
     r1 = recs[1]
     assert r1.seed == 1337 and r1.image == "autoresearch-trial:test" and r1.image_digest == "sha256:fake"
-    assert r1.policy_sha256 == normalized(Policy()).sha256() and len(r1.data_manifest_sha256) == 64
+    assert r1.policy_sha256 == Policy().sha256() and len(r1.data_manifest_sha256) == 64
     assert r1.training_seconds == 2.0 and r1.train_tokens == 200 and r1.best_bpb_before == 1.0
     assert {"propose_s", "check_s", "git_s", "trial_s"} <= set(r1.timings)
     run_dir = repo / "runs" / "t"
@@ -77,6 +78,15 @@ def test_good_is_kept_bad_discarded_crash_recorded_refusal_never_runs(exp):
     assert "+SCORE = 0.9" in (run_dir / "trials" / "1" / "diff.patch").read_text()
     assert git(repo, "status", "--porcelain") == ""  # the user's tree: untouched (runs/ is ignored)
     assert (repo / "train.py").read_text() == TRAIN
+
+
+def test_a_whole_run_runs_no_hook_filter_or_configured_command_of_the_repository(exp, tmp_path):
+    repo, _ = exp
+    marker = tmp_path / "marker"
+    arm_repository(repo, marker)
+    start(exp, Scripted(set_score(0.9), set_score(0.95), escape), FakeTrial(), max_trials=3)
+    assert [r.status for r in Ledger(repo / "runs" / "t").records()] == ["keep", "keep", "discard", "rejected"]
+    assert not marker.exists(), marker.read_text()
 
 
 def test_a_proposer_that_gives_up_gives_a_rejected_trial_with_its_reason(exp):
@@ -198,4 +208,4 @@ def test_run_json_records_what_the_run_needs_to_resume(exp):
     start(exp, Scripted(), FakeTrial(), max_trials=0)
     meta = json.loads((repo / "runs" / "t" / "run.json").read_text())
     assert meta["start_commit"] == Workspace(repo).head_commit() and meta["data_dir"] == str(data.resolve())
-    assert meta["policy_sha256"] == normalized(Policy()).sha256() and meta["branch"] == "autoresearch/t"
+    assert meta["policy_sha256"] == Policy().sha256() and meta["branch"] == "autoresearch/t"

@@ -123,8 +123,7 @@ def test_a_runner_killed_mid_trial_resumes_cleanly(tmp_path, trial_image, sandbo
     init_repo(repo, {"train.py": REAL_TRAIN, "program.md": "p\n", ".gitignore": "runs/\n"})
     tag = f"kill-{os.getpid()}"
     policy = policy_file(tmp_path / "policy.yaml", kind="mutate")
-    args = ["run", "--repo", repo, "--tag", tag, "--policy", policy, "--data", sandbox_data, "--image",
-            trial_image.tag, "--plain"]
+    args = ["run", "--repo", repo, "--tag", tag, "--policy", policy, "--data", sandbox_data, "--plain"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(["autoresearch", *map(str, args), "--max-trials", "1"], stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -151,3 +150,4 @@ def test_a_runner_killed_mid_trial_resumes_cleanly(tmp_path, trial_image, sandbo
     lines = (repo / "runs" / tag / "trials.jsonl").read_text().splitlines()
     assert all(json.loads(line)["trial"] == i for i, line in enumerate(lines))
     assert "resumed after 1 trials" in p.stdout
+    assert all(r.image == trial_image.tag for r in recs)  # no --image: the tag `autoresearch build` made

@@ -90,7 +90,7 @@ def test_a_directory_that_is_not_a_repository_is_a_user_error(tmp_path):
         Workspace(tmp_path)
 
 
-def _arm(repo, marker):
+def arm_repository(repo, marker):
     """Hooks, a clean filter, fsmonitor and gpg signing that each write to `marker` if anything runs them."""
     script = repo / ".git" / "evil.sh"
     script.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {marker}\ncat\n")
@@ -110,7 +110,7 @@ def _arm(repo, marker):
 
 def test_no_hook_filter_fsmonitor_or_signing_program_ever_runs(repo, tmp_path):
     marker = tmp_path / "marker"
-    _arm(repo, marker)
+    arm_repository(repo, marker)
     ws = Workspace(repo)
     start = ws.head_commit()
     ws.create_branch("t", start)

@@ -74,7 +74,9 @@ def checks(policy=None, image: str | None = None, client=None) -> list[Check]:
     if policy is not None and policy.wants_gpu:
         runtimes = sorted((info.get("Runtimes") or {}).keys())
         ok = "nvidia" in runtimes
-        out.append(Check("gpu", ok, f"policy wants GPU {policy.gpu!r}; engine runtimes: {', '.join(runtimes) or 'none'}",
+        have = ", ".join(runtimes) or "none"
+        out.append(Check("gpu", ok, f"policy wants GPU {policy.gpu!r} but the engine's runtimes are: {have}"
+                         if not ok else f"policy wants GPU {policy.gpu!r}; engine runtimes: {have}",
                          "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`"
                          ", then restart dockerd (or set gpu: none in the policy)"))
     return out
