@@ -96,3 +96,11 @@ def test_a_shard_that_does_not_start_with_bos_is_a_data_error(tmp_path):
 def test_a_missing_train_split_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no train shards"):
         DocumentIndex(tmp_path, BOS)
+
+
+def test_the_prefetching_loader_yields_exactly_the_same_batches(data):
+    plain = TrainLoader(PackedRows(DocumentIndex(data, BOS), 64, 9), batch_size=4, device="cpu", prefetch=0)
+    threaded = TrainLoader(PackedRows(DocumentIndex(data, BOS), 64, 9), batch_size=4, device="cpu", prefetch=2)
+    for _ in range(20):
+        (xa, ya), (xb, yb) = next(plain), next(threaded)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import pytest
 
@@ -44,12 +45,13 @@ def test_a_gpu_policy_on_an_engine_without_the_nvidia_runtime_fails_before_any_c
     msg = str(e.value)
     assert "NVIDIA Container Toolkit" in msg and "runc" in msg and "\n" not in msg
     since = int(time.time()) - 1
+    trial_id = f"gpu-preflight-{uuid.uuid4().hex[:8]}"        # this trial's own label: earlier tests' events differ
     with pytest.raises(UserError, match="gpu check failed"):
-        trial(tmp_path, trial_image.tag, candidate(tmp_path, "pass\n"), sandbox_data, pol=gpu)
-    run_label = f"autoresearch.run={TEST_RUN_PREFIX}-{os.getpid()}"
+        trial(tmp_path, trial_image.tag, candidate(tmp_path, "pass\n"), sandbox_data, pol=gpu, trial_id=trial_id)
+    labels = [f"autoresearch.run={TEST_RUN_PREFIX}-{os.getpid()}", f"autoresearch.trial={trial_id}"]
     created = list(docker_client.events(since=since, until=int(time.time()) + 1, decode=True,
                                         filters={"type": ["container", "volume"], "event": "create",
-                                                 "label": run_label}))
+                                                 "label": labels}))
     assert created == []                         # the engine saw no container or volume of this trial
 
 

@@ -42,7 +42,7 @@ HEAD_DIM = PRESET["head_dim"]  # width of one attention head (MODEL_DIM must be 
 MLP_RATIO = 4  # MLP hidden width / MODEL_DIM
 ROPE_BASE = 10000  # rotary embedding base frequency
 LOGIT_SOFTCAP = 15  # logits are squashed into (-cap, cap) with tanh
-VALUE_EMBEDS = 1  # 1: value embeddings mixed into v on alternating layers (last included); 0: none
+VALUE_EMBED_EVERY = 2  # value embeddings mixed into v on every n-th layer counting back from the last; 0: none
 VE_GATE_CHANNELS = 32  # residual channels that drive the value-embedding gate
 WINDOW_PATTERN = "L"  # per-layer attention span, repeated over depth: L = full causal, S = short sliding window
 SHORT_WINDOW_FRAC = 0.5  # S window length as a fraction of seq_len (the last layer is always L)
@@ -62,8 +62,8 @@ MUON_MOMENTUM = 0.95  # Muon Nesterov momentum after warmup
 MUON_MOMENTUM_START = 0.85  # Muon momentum at the start of training
 MUON_MOMENTUM_WARMUP = 0.1  # fraction of the budget over which Muon momentum ramps up
 MUON_STEPS = 5  # Polar Express iterations for the orthogonalization
-EMBEDDING_LR = 0.3  # AdamW learning rate for the token and value embeddings
-UNEMBEDDING_LR = 0.004  # AdamW learning rate for the output head
+EMBEDDING_LR = 0.6  # AdamW learning rate for the token and value embeddings
+UNEMBEDDING_LR = 0.008  # AdamW learning rate for the output head
 SCALAR_LR = 0.5  # AdamW learning rate for the per-layer residual scalars
 LR_DIM_REF = 768  # AdamW rates scale with (MODEL_DIM / LR_DIM_REF) ** -0.5
 ADAM_BETA1 = 0.8  # AdamW first-moment decay
@@ -116,7 +116,7 @@ def sliding_window_mask(seq_len, window, device):
 
 
 def has_value_embed(layer, depth):
-    return bool(VALUE_EMBEDS) and layer % 2 == (depth - 1) % 2
+    return VALUE_EMBED_EVERY > 0 and (depth - 1 - layer) % VALUE_EMBED_EVERY == 0
 
 
 class Attention(nn.Module):

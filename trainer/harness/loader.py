@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import queue
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -122,24 +124,53 @@ class PackedRows:
 
 
 class TrainLoader:
-    """Iterator of (x, y) int64 tensors of shape (batch_size, seq_len) on `device`. Never ends."""
+    """Iterator of (x, y) int64 tensors of shape (batch_size, seq_len) on `device`. Never ends.
+
+    With prefetch > 0 (the default on CUDA) a background thread packs the next batches into pinned memory while
+    the GPU trains; it is the only producer, so the batches and their order are exactly those without it.
+    """
 
     def __init__(self, rows: PackedRows, batch_size: int, device: str,
-                 on_first_batch: Callable[[], None] | None = None):
+                 on_first_batch: Callable[[], None] | None = None, prefetch: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.rows = rows
         self.batch_size = batch_size
         self.device = device
         self._on_first_batch = on_first_batch
+        self._queue: queue.Queue | None = None
+        if prefetch is None:
+            prefetch = 2 if device == "cuda" else 0
+        if prefetch > 0:
+            self._queue = queue.Queue(maxsize=prefetch)
+            threading.Thread(target=self._produce, name="harness-loader", daemon=True).start()
+
+    def _host_batch(self) -> torch.Tensor:
+        batch = torch.from_numpy(self.rows.batch(self.batch_size))
+        return batch.pin_memory() if self.device == "cuda" else batch
+
+    def _produce(self) -> None:
+        while True:
+            try:
+                item = self._host_batch()
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+                self._queue.put(e)
+                return
+            self._queue.put(item)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = torch.from_numpy(self.rows.batch(self.batch_size))
-        if self.device == "cuda":                       # untested here (no GPU on the dev machines)
-            batch = batch.pin_memory().to("cuda", non_blocking=True)
+        if self._queue is None:
+            batch = self._host_batch()
+        else:
+            batch = self._queue.get()
+            if isinstance(batch, BaseException):
+                self._queue.put(batch)                   # every later call fails the same way
+                raise batch
+        if self.device == "cuda":                        # untested here (no GPU on the dev machines)
+            batch = batch.to("cuda", non_blocking=True)
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self._on_first_batch is not None:
             self._on_first_batch()
