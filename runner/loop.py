@@ -343,11 +343,11 @@ class Run:
             work = self._fresh_dir(work / sub)
         work.mkdir(parents=True, exist_ok=True)
         candidate = self.ws.export(commit, self.allowed, work / "candidate")
-        self.events.phase("train + eval", f"seed {seed}")
+        self.events.phase("starting", f"seed {seed}")
         spec = TrialSpec(run_tag=self.tag, trial_id=f"{n}-{sub}" if sub else str(n), candidate_dir=candidate,
                          data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work)
         with _LogTee(work / "train.log", self.events.line) as on_line:
-            return self.trial_fn(spec, on_line)
+            return self.trial_fn(spec, on_line, on_phase=lambda name: self.events.phase(name, f"seed {seed}"))
 
     # =========================================================================== summaries
     def summary(self, records: list[TrialRecord]) -> RunSummary:

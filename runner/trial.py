@@ -1,7 +1,8 @@
 """One trial: the candidate's train.py in a locked-down train container, then the trusted evaluator in an eval
 container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); the candidate is untrusted.
 
-    run_trial(spec, on_line) reads top to bottom as the data flow:
+    run_trial(spec, on_line, on_phase=...) reads top to bottom as the data flow (on_phase hears "training" and
+    "evaluating" as those containers start, for the live view):
       1. stage     copy the candidate's train.py into the trial's work dir (a regular file, read-only)
       2. volumes   two size-capped tmpfs volumes (train /out, eval /out) and a holder container that keeps them
                    mounted, so the outputs outlive the containers that wrote them until the host copies them out
@@ -60,7 +61,8 @@ class TrialOutcome:
     error: str = ""                   # one line when status != ok
 
 
-def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, client=None) -> TrialOutcome:
+def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, client=None,
+              on_phase: Callable[[str], None] | None = None) -> TrialOutcome:
     import docker.errors
     import requests
 
@@ -107,6 +109,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         holder.start()
 
         # 3. train (untrusted)
+        if on_phase:
+            on_phase("training")
         t_create = time.monotonic()
         train = client.containers.create(**cspec.train(
             policy, image=spec.image, name=names["train"], labels=labels["train"], train_py=train_py,
@@ -142,6 +146,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
             return _finish(out, "export_failed", f"train.py exited 0 but its model is unusable: {e}", t0)
 
         # 5. eval (trusted code, hostile model)
+        if on_phase:
+            on_phase("evaluating")
         evaluator = client.containers.create(**cspec.evaluate(
             policy, image=spec.image, name=names["eval"], labels=labels["eval"], model_file=model_copy,
             data_dir=Path(spec.data_dir), out_volume=names["eval-out"]))

@@ -45,16 +45,20 @@ class FakeTrial:
         self.seed_offsets = seed_offsets or {}
         self.interrupt_at = interrupt_at
 
-    def __call__(self, spec, on_line=None):
+    def __call__(self, spec, on_line=None, on_phase=None):
         if spec.trial_id == self.interrupt_at:
             raise KeyboardInterrupt
         self.specs.append(spec)
+        if on_phase:
+            on_phase("training")
         text = (Path(spec.candidate_dir) / "train.py").read_text()
         if on_line:
             on_line("step=1 loss=3.0 progress=0.5 remaining_s=1.0")
         if "CRASH" in text:
             return TrialOutcome("crash", log_tail="Traceback\nRuntimeError: boom", error="train.py exited with 1",
                                 image_digest="sha256:fake")
+        if on_phase:
+            on_phase("evaluating")
         score = float(re.search(r"^SCORE = (\S+)", text, re.M).group(1)) + self.seed_offsets.get(spec.seed, 0.0)
         return TrialOutcome("ok", val_bpb=score, image_digest="sha256:fake", timings={"total_s": 0.01},
                             train_summary={"training_seconds": 2.0, "peak_memory_mb": 512.0, "num_steps": 10,

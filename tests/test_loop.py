@@ -9,7 +9,7 @@ import pytest
 
 from runner.errors import UserError
 from runner.ledger import Ledger
-from runner.loop import Run, RunConfig
+from runner.loop import Events, Run, RunConfig
 from runner.policy import Decision, Policy
 from runner.workspace import Workspace, init_repo
 from trainer.shards import atomic_write_json
@@ -209,3 +209,22 @@ def test_run_json_records_what_the_run_needs_to_resume(exp):
     meta = json.loads((repo / "runs" / "t" / "run.json").read_text())
     assert meta["start_commit"] == Workspace(repo).head_commit() and meta["data_dir"] == str(data.resolve())
     assert meta["policy_sha256"] == Policy().sha256() and meta["branch"] == "autoresearch/t"
+
+
+def test_the_live_view_hears_each_phase_of_a_candidate_in_order(exp):
+    repo, data_dir = exp
+    heard = []
+
+    class Recorder(Events):
+        def trial_started(self, trial_id, kind):
+            heard.append(f"trial {trial_id}")
+
+        def phase(self, name, detail=""):
+            heard.append(name)
+
+    cfg = RunConfig(repo=repo, tag="t", data_dir=data_dir, policy=Policy(), max_trials=1,
+                    image="autoresearch-trial:test")
+    Run(cfg, trial_fn=FakeTrial(), proposer=Scripted(set_score(0.9)), cleanup=lambda tag: None,
+        events=Recorder()).run()
+    assert heard[heard.index("trial 1"):] == ["trial 1", "proposing", "checking", "committing", "starting",
+                                              "training", "evaluating"]

@@ -37,15 +37,18 @@ def direct_bpb(sandbox_data, tmp_path_factory):
 
 
 def test_a_clean_tiny_trial_is_ok_with_the_bpb_of_a_direct_run(tmp_path, trial_image, sandbox_data, direct_bpb):
-    lines = []
+    lines, phases = [], []
     out, spec = trial(tmp_path, trial_image.tag, candidate(tmp_path, REAL_TRAIN_PY.read_text()), sandbox_data,
-                      pol=policy(**POLICY), seed=SEED, on_line=lines.append)
+                      pol=policy(**POLICY), seed=SEED, on_line=lines.append,
+                      on_phase=lambda name: phases.append((name, len(lines))))
     assert out.status == "ok", (out.error, out.log_tail)
     assert out.val_bpb == pytest.approx(direct_bpb, rel=1e-6, abs=1e-6)
     assert out.image_digest == trial_image.id
     assert out.result["val_bpb"] == out.val_bpb and (spec.work_dir / "result.json").is_file()
     assert out.train_summary["num_steps"] == STEPS
     assert any(l.startswith("step=") for l in lines)
+    assert [p for p, _ in phases] == ["training", "evaluating"]     # the live view's phases, in order
+    assert phases[0][1] == 0 and phases[1][1] > 0                   # evaluating begins after the train log
     t = out.timings
     assert t["train_wall_s"] > 0 and t["eval_wall_s"] > 0 and t["train_started_at"] < t["eval_started_at"]
     assert not (spec.work_dir / "model.pt2").exists()               # the model copy is removed unless kept
