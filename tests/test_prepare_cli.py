@@ -75,10 +75,17 @@ def test_help_exits_zero(capsys):
     assert "files:PATH" in capsys.readouterr().out
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that; Python then installs no
+    # KeyboardInterrupt handler. Give prepare the SIGINT a user's Ctrl-C would reach, however pytest was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "trainer.prepare", "synthetic", "--out", str(out),
                              "--train-docs", "150000", "--val-docs", "100", "--tokenizer-chars", "200000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for_shards(proc: subprocess.Popen, out: Path) -> None:
