@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_data import prepare_synthetic  # noqa: E402
 from runner import images  # noqa: E402
 from runner.errors import AutoresearchError  # noqa: E402
 from runner.ledger import Ledger, TrialRecord  # noqa: E402
@@ -90,15 +91,7 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="loop-bench-"))
     try:
-        data = args.data
-        if data is None:
-            from trainer.prepare import main as prepare_main
-            data = work / "data"
-            print(f"preparing synthetic data in {data} ...", file=sys.stderr)
-            if prepare_main(["synthetic", "--out", str(data)]) not in (0, None):
-                return 1
-            for p in [data, *data.rglob("*")]:
-                p.chmod(p.stat().st_mode | 0o444 | (0o111 if p.is_dir() else 0))
+        data = args.data or prepare_synthetic(work)
         policy = policy_for(args)
         img = images.build(policy.flavour)
         repo = (args.keep or work) / "exp"

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_data import prepare_synthetic  # noqa: E402
 from runner import images  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
 from runner.sandbox.preflight import connect  # noqa: E402
@@ -32,17 +33,6 @@ BENCH_TAG = "autoresearch-bench:cold"
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
-
-
-def prepare_data(root: Path) -> Path:
-    from trainer.prepare.cli import main as prepare_main
-    data = root / "data"
-    rc = prepare_main(["synthetic", "--out", str(data), "--train-docs", "4000", "--val-docs", "100"])
-    if rc not in (0, None):
-        raise SystemExit(f"prepare synthetic failed ({rc})")
-    for p in [data, *data.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return data
 
 
 def direct(data: Path, preset: str, budget: float, seed: int, out: Path) -> dict:
@@ -142,7 +132,7 @@ def main() -> int:
     os.chmod(tmp, 0o755)
     try:
         img = images.build("cpu", client=client)
-        data = args.data or prepare_data(tmp)
+        data = args.data or prepare_synthetic(tmp, "--train-docs", "4000", "--val-docs", "100")
         print(f"image {img.tag}; data {data}; preset {args.preset}; budget {args.budget:g} s", file=sys.stderr)
         ds, ss = [], []
         for i in range(args.repeats):                    # interleaved, so load changes hit both alike

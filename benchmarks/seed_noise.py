@@ -10,6 +10,7 @@ another; run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,14 +33,17 @@ def main() -> int:
         raise SystemExit("--seeds must be at least 2 to measure a spread")
     tmp = Path(tempfile.mkdtemp(prefix="autoresearch-bench-seeds-"))
     rows = []
-    for k in range(args.seeds):
-        seed = 1337 + k
-        print(f"... seed {seed}", file=sys.stderr, flush=True)
-        r = direct_trial(data=args.data, preset=args.preset, budget=args.budget, seed=seed, out=tmp / str(seed),
-                         device="cpu")
-        if r["status"] != "ok":
-            raise SystemExit(f"seed {seed}: status {r['status']}: {r['error']}")
-        rows.append((seed, r["val_bpb"]))
+    try:
+        for k in range(args.seeds):
+            seed = 1337 + k
+            print(f"... seed {seed}", file=sys.stderr, flush=True)
+            r = direct_trial(data=args.data, preset=args.preset, budget=args.budget, seed=seed,
+                             out=tmp / str(seed), device="cpu")
+            if r["status"] != "ok":
+                raise SystemExit(f"seed {seed}: status {r['status']}: {r['error']}")
+            rows.append((seed, r["val_bpb"]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     bpbs = [b for _, b in rows]
     print(f"\n### Seed noise ({args.preset} preset, {args.budget:g} s, unchanged train.py, {args.seeds} seeds)\n")
     print("| seed | val BPB |\n|---|---|")

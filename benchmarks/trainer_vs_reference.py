@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -27,18 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_data import prepare_synthetic  # noqa: E402
 from trainer.direct import direct_trial  # noqa: E402
 
 SCRIPTS = {"train.py (ours)": REPO / "trainer" / "train.py",
            "GPT-2 reference": REPO / "benchmarks" / "reference_gpt2.py"}
-
-
-def prepare(root: Path) -> Path:
-    from trainer.prepare.cli import main as prepare_main
-    data = root / "data"
-    if prepare_main(["synthetic", "--out", str(data)]) != 0:
-        raise SystemExit("prepare synthetic failed")
-    return data
 
 
 def one(script: Path, data: Path, preset: str, budget: float, seed: int, out: Path) -> dict:
@@ -67,17 +61,20 @@ def main() -> int:
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="autoresearch-bench-trainer-"))
-    data = args.data or prepare(tmp)
-    manifest = json.loads((data / "manifest.json").read_text())
-    floor = manifest.get("bpb_floor")
-    if not floor:
-        raise SystemExit(f"{data} records no BPB floor: this benchmark needs synthetic data")
-    runs = []
-    for budget in budgets:
-        for name, script in SCRIPTS.items():
-            print(f"... {name}, {budget:g} s", file=sys.stderr, flush=True)
-            r = one(script, data, args.preset, budget, args.seed, tmp / f"{script.stem}-{budget:g}")
-            runs.append({"script": name, "budget_s": budget, **r, "ratio": r["val_bpb"] / floor})
+    try:
+        data = args.data or prepare_synthetic(tmp)
+        manifest = json.loads((data / "manifest.json").read_text())
+        floor = manifest.get("bpb_floor")
+        if not floor:
+            raise SystemExit(f"{data} records no BPB floor: this benchmark needs synthetic data")
+        runs = []
+        for budget in budgets:
+            for name, script in SCRIPTS.items():
+                print(f"... {name}, {budget:g} s", file=sys.stderr, flush=True)
+                r = one(script, data, args.preset, budget, args.seed, tmp / f"{script.stem}-{budget:g}")
+                runs.append({"script": name, "budget_s": budget, **r, "ratio": r["val_bpb"] / floor})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     tok, base, val = manifest["tokenizer"], manifest["baselines"], manifest["splits"]["val"]
     print(f"\n### Data ({manifest['params'].get('grammar')}, seed {manifest['params'].get('seed')})\n")
