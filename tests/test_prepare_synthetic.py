@@ -72,13 +72,29 @@ def test_arithmetic_in_the_stories_is_right():
 
 
 def test_pronouns_follow_the_gender_of_the_name():
-    pat = re.compile(r"named (\w+)\. (He|She) had a friend")
+    pat = re.compile(r"named (\w+) \w+\. (He|She) had a friend")
     checked = 0
     for text, _ in synthetic.generate(6, 1000, "gender"):
         for name, pron in pat.findall(text):
             assert synthetic.PRONOUN[name] == pron.lower()
             checked += 1
     assert checked > 500
+
+
+def test_a_character_is_always_named_in_full_so_later_mentions_are_copies_of_the_introduction():
+    # The family name is paid for once, at the introduction; every later mention repeats it for free: structure
+    # that rewards a model which copies from earlier in the story (the floor charges nothing for the repeat).
+    intro = re.compile(r"named (\w+) (\w+)\.")
+    mentions = 0
+    for text, _ in synthetic.generate(8, 1000, "names"):
+        full = {first: f"{first} {sur}" for first, sur in intro.findall(text)}
+        assert full and all(sur in synthetic.SURNAMES.words for sur in (f.split()[1] for f in full.values()))
+        body = text[text.index(".") + 1:]
+        for first, name in full.items():
+            for m in re.finditer(rf"\b{first}\b", body):
+                assert body.startswith(name, m.start()), text
+                mentions += 1
+    assert mentions > 3000
 
 
 def test_same_seed_gives_identical_manifest_hashes(data, tmp_path):

@@ -64,6 +64,10 @@ _NAMES = [  # (name, pronoun); interleaved so both genders are common
 ]
 NAMES = zipf([n for n, _ in _NAMES], s=ZIPF_S, offset=2.0)
 PRONOUN = dict(_NAMES)
+SURNAMES = uniform("""Ross Cole Reed Wood Brook Moss Lane Hart Dale Ford Grant Hale Knox Lowe Marsh Nash Page Quinn
+    Rowe Shaw Tate Vance Wells Banks Carter Dean Ellis Flynn Hayes Jones Kemp Lloyd Miles North Oakes Price Reyes
+    Scott Todd Walsh Webb Boyd Clay Drake Frost Gibbs Holt Irwin Judd Kerr Lyons Mayer Nolan Olson Pratt Rhodes
+    Sharp Swift Troy Ward Voss Yates Pike Beck""".split())  # a character's family name, said with every mention
 OBJECT_PRONOUN = {"he": "him", "she": "her"}
 POSSESSIVE = {"he": "his", "she": "her"}
 
@@ -150,12 +154,12 @@ CONTINUE = table([("more", CONTINUE_P), ("stop", 1 - CONTINUE_P)])
 TWO = table([("two", 0.75), ("one", 0.25)])
 HAS_HOME = table([("yes", 0.5), ("no", 0.5)])
 SAME = table([("same", 0.7), ("other", 0.3)])
-FORM_SAME = table([("pronoun", 0.6), ("name", 0.25), ("animal", 0.15)])
+FORM_SAME = table([("pronoun", 0.45), ("name", 0.4), ("animal", 0.15)])
 FORM_OTHER = table([("name", 0.7), ("animal", 0.3)])
 OBJ_FORM = table([("name", 0.6), ("animal", 0.25), ("pronoun", 0.15)])
-EVENT_TWO = table([("move", 0.16), ("find", 0.16), ("see", 0.22), ("feel", 0.12), ("say", 0.08), ("count", 0.08),
-                   ("play", 0.06), ("give", 0.06), ("help", 0.03), ("scene", 0.03)])
-EVENT_ONE = table([("move", 0.2), ("find", 0.2), ("see", 0.26), ("feel", 0.14), ("say", 0.08), ("count", 0.09),
+EVENT_TWO = table([("move", 0.14), ("find", 0.15), ("see", 0.16), ("feel", 0.10), ("say", 0.08), ("count", 0.18),
+                   ("play", 0.06), ("give", 0.07), ("help", 0.03), ("scene", 0.03)])
+EVENT_ONE = table([("move", 0.17), ("find", 0.18), ("see", 0.20), ("feel", 0.12), ("say", 0.08), ("count", 0.22),
                    ("scene", 0.03)])
 LIST_LEN = table([("2", 0.35), ("3", 0.35), ("4", 0.3)])
 SEE_VERB = table([("saw", 0.5), ("wanted", 0.2), ("liked", 0.15), ("drew", 0.15)])

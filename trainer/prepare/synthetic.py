@@ -10,10 +10,15 @@ record the exact entropy of the validation text: the BPB floor that no model can
 What a model can learn from the stories, from easy to hard:
 - fixed template words and Zipfian word choices in each slot (most of the entropy);
 - choices conditioned on local context ("a"/"an", singular/plural, a movement verb that fits the animal);
-- characters introduced at the start and referred to later by name, pronoun (whose gender follows the name) or
-  "the <animal>"; a pronoun always means the subject of the previous character sentence;
-- objects found earlier and given away later ("gave the kite to Ben" picks among the objects found so far);
-- arithmetic: "had 3 apples ... found 4 more ... Now she had 7 apples" (the result is free for a model that adds).
+- characters introduced at the start with a first and a family name ("Lily Ross"), and referred to later by the
+  full name, a pronoun (whose gender follows the name) or "the <animal>"; a pronoun always means the subject of
+  the previous character sentence. The family name costs its bits once; every repeat is free to a model that copies
+  from earlier in the story (attention), and costs about 6 bits to one that cannot;
+- objects found earlier and given away later ("gave the kite to Ben Cole" picks among the objects found so far);
+- arithmetic, about once per story: "had 3 apples ... found 4 more ... Now she had 7 apples" (the result is free
+  for a model that adds).
+Copying and arithmetic are what a weak model learns last: they keep the data hard at short budgets (a plain GPT-2
+at 60 s is about 1.5x the floor; docs/benchmarks.md).
 The end of a story is paid for inside the text: the last sentence, and only the last, begins "In the end," and
 nothing follows its full stop, so the next token (BOS, which the evaluator does not charge) is certain.
 """
@@ -28,9 +33,9 @@ from .lexicon import (ADD_COUNT, ADD_VERB, ADVERB, ANIMALS, CHAR_ADJ, CONNECTIVE
     ENDING, EVENT_ONE, EVENT_TWO, FEELING, FEEL_VERB, FIND_VERB, FORM_OTHER, FORM_SAME, GAME, GIVE_OP,
     HAS_HOME, HOME, INTENSITY, LAND, LIST_LEN, MOVES, MOVE_VERB, NAMES, OBJECT_PRONOUN, OBJ_FORM, OP, OPENING,
     PLACE_ADJ, PLURAL, POSSESSIVE, PREP, PRONOUN, QUESTION, SAME, SAY_VERB, SCENE, SEE_VERB, SHOUT, SIZE, SPOT,
-    START_COUNT, SUB_VERB, THINGS, THING_ADJ, TWO, WATER, article, uniform)
+    START_COUNT, SUB_VERB, SURNAMES, THINGS, THING_ADJ, TWO, WATER, article, uniform)
 
-GRAMMAR_VERSION = "stories/1"
+GRAMMAR_VERSION = "stories/2"
 MAX_EVENTS = 10        # a story stops after this many events (the stop is then certain, which costs nothing)
 MAX_CHARS = 640         # ... or once its text is this long (also readable from the text, so still exact)
 
@@ -80,7 +85,7 @@ class Sampler(Chooser):
 
 @dataclass
 class Character:
-    name: str
+    name: str           # first and family name: "Lily Ross"
     pronoun: str        # "he" | "she"
     animal: str
     moves: str
@@ -98,8 +103,8 @@ def story(ch: Chooser) -> None:
     animal1 = pick(ANIMALS)
     say(f"{ANIMALS.words[animal1]} named ")
     name1 = pick(NAMES)
-    say(f"{NAMES.words[name1]}.")
-    c1 = _character(name1, animal1)
+    say(NAMES.words[name1])
+    c1 = _character(name1, _surname(ch), animal1)
     chars = [c1]
     if TWO.words[pick(TWO)] == "two":
         adj2 = CHAR_ADJ.words[pick(CHAR_ADJ)]
@@ -107,8 +112,8 @@ def story(ch: Chooser) -> None:
         animal2 = pick(ANIMALS, exclude=(animal1,))
         say(f"{ANIMALS.words[animal2]} named ")
         name2 = pick(NAMES, exclude=(name1,))
-        say(f"{NAMES.words[name2]}.")
-        chars.append(_character(name2, animal2))
+        say(NAMES.words[name2])
+        chars.append(_character(name2, _surname(ch), animal2))
     if HAS_HOME.words[pick(HAS_HOME)] == "yes":
         home = HOME.words[pick(HOME)]
         say(f" {c1.name} lived in {article(home)} {home} near the ")
@@ -134,9 +139,16 @@ class _State:
     found: list         # indices into THINGS of objects found so far (distinct)
 
 
-def _character(name_i: int, animal_i: int) -> Character:
-    name, animal = NAMES.words[name_i], ANIMALS.words[animal_i]
-    return Character(name, PRONOUN[name], animal, MOVES[animal])
+def _surname(ch: Chooser) -> str:
+    """ " Ross.": the family name that ends a character's introduction."""
+    sur = SURNAMES.words[ch.pick(SURNAMES)]
+    ch.say(f" {sur}.")
+    return sur
+
+
+def _character(name_i: int, surname: str, animal_i: int) -> Character:
+    first, animal = NAMES.words[name_i], ANIMALS.words[animal_i]
+    return Character(f"{first} {surname}", PRONOUN[first], animal, MOVES[animal])
 
 
 def _place(ch: Chooser, c: Character) -> None:
@@ -367,7 +379,7 @@ class _Replayer(Chooser):
 
 # Distributions whose chosen word is always said verbatim after the choice (checked by hand for every use above):
 # `parse` skips options whose word does not occur in the rest of the text, which never drops a possible reading.
-_LITERAL = {id(d) for d in (NAMES, ANIMALS, CHAR_ADJ, THINGS, LAND, WATER, THING_ADJ, FEELING, SPOT)}
+_LITERAL = {id(d) for d in (NAMES, SURNAMES, ANIMALS, CHAR_ADJ, THINGS, LAND, WATER, THING_ADJ, FEELING, SPOT)}
 
 
 def parse(text: str, limit: int = 200_000) -> list[tuple[list[int], float]]:
