@@ -8,6 +8,7 @@ script the steps, tokens/s, peak memory, val BPB and its ratio to the floor.
 
     python benchmarks/trainer_vs_reference.py                          # cpu preset, 60 s and 300 s, fresh data
     python benchmarks/trainer_vs_reference.py --budgets 60 --data data/synthetic --json out.json
+    python benchmarks/trainer_vs_reference.py --keep DIR      # keep the data and models (benchmarks/loss_by_part.py)
 
 Targets (issue 3, this 2-core machine): train.py within 1.25x the floor at 60 s and 1.08x at 300 s, and better
 than the reference at both; the data hard enough that the reference is >= 1.5x the floor at 60 s, and the unigram
@@ -58,9 +59,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--data", type=Path, help="prepared synthetic data (default: prepare the default into a temp dir)")
     ap.add_argument("--json", type=Path, help="also write the raw numbers here")
+    ap.add_argument("--keep", type=Path, metavar="DIR",
+                    help="write the data and each run's model and logs under DIR and keep them (default: a temp dir)")
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
-    tmp = Path(tempfile.mkdtemp(prefix="autoresearch-bench-trainer-"))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="autoresearch-bench-trainer-"))
     try:
         data = args.data or prepare_synthetic(tmp)
         manifest = json.loads((data / "manifest.json").read_text())
@@ -74,7 +79,8 @@ def main() -> int:
                 r = one(script, data, args.preset, budget, args.seed, tmp / f"{script.stem}-{budget:g}")
                 runs.append({"script": name, "budget_s": budget, **r, "ratio": r["val_bpb"] / floor})
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     tok, base, val = manifest["tokenizer"], manifest["baselines"], manifest["splits"]["val"]
     print(f"\n### Data ({manifest['params'].get('grammar')}, seed {manifest['params'].get('seed')})\n")
