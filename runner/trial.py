@@ -6,9 +6,12 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
       1. stage     copy the candidate's train.py into the trial's work dir (a regular file, read-only)
       2. volumes   two size-capped tmpfs volumes (train /out, eval /out) and a holder container that keeps them
                    mounted, so the outputs outlive the containers that wrote them until the host copies them out
-      3. train     train container (hard timeout over its whole life); its log lines stream to on_line
-      4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap)
-      5. eval      eval container: the image's evaluator on that copy, with the validation split
+      3. train     train container (hard timeout over its whole life); its log lines stream to on_line. The eval
+                   container starts right after it and waits for the model (imports and warm-up off the
+                   critical path; it never sees anything but the validation data and, later, the model)
+      4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap), then rename
+                   it into the eval container's read-only model directory: the hand-over
+      5. eval      the evaluator scores that copy (hard timeout counted from the hand-over)
       6. result    copy out result.json, validate it (runner.result), classify (runner.sandbox.classify)
       finally      remove the containers and volumes, and the model copy unless spec.keep_model
 
@@ -71,7 +74,9 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
     work = Path(spec.work_dir)
     _check_data(Path(spec.data_dir), policy.limits.uid)
     work.mkdir(parents=True, exist_ok=True)
-    model_copy = work / "model.pt2"
+    model_dir = work / "model"                       # the eval container's /in: empty until the hand-over
+    model_copy = model_dir / "model.pt2"
+    model_part = work / "model.pt2.part"
     made_containers, made_volumes = [], []
     names = {role: cspec.name(spec.run_tag, spec.trial_id, role)
              for role in ("holder", "train", "eval", "train-out", "eval-out")}
@@ -108,15 +113,26 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         made_containers.append(holder)
         holder.start()
 
-        # 3. train (untrusted)
+        # 3. train (untrusted), with the eval container started beside it, waiting for the model
         if on_phase:
             on_phase("training")
+        shutil.rmtree(model_dir, ignore_errors=True)
+        model_part.unlink(missing_ok=True)
+        (work / "model.pt2").unlink(missing_ok=True)       # a model kept by an earlier run of this trial id
+        model_dir.mkdir()
+        os.chmod(model_dir, 0o755)                           # readable by the trial uid whatever the umask
         t_create = time.monotonic()
         train = client.containers.create(**cspec.train(
             policy, image=spec.image, name=names["train"], labels=labels["train"], train_py=train_py,
             data_dir=Path(spec.data_dir), out_volume=names["train-out"], seed=spec.seed))
         made_containers.append(train)
-        t_exit, pump = containers.run_to_end(train, policy.train.timeout_seconds, on_line)
+        evaluator = client.containers.create(**cspec.evaluate(
+            policy, image=spec.image, name=names["eval"], labels=labels["eval"], model_dir=model_dir,
+            data_dir=Path(spec.data_dir), out_volume=names["eval-out"]))
+        made_containers.append(evaluator)
+        training = containers.start(train, on_line)
+        waiting = containers.start(evaluator, pump=False)
+        t_exit, pump = containers.wait_to_end(training, policy.train.timeout_seconds)
         _record(out.timings, "train", t_exit)
         if pump and pump.first_step_at is not None:
             out.timings["train_startup_s"] = round(pump.first_step_at - t_create, 3)
@@ -135,12 +151,12 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         if verdict is not None:
             return _finish(out, verdict.status, verdict.error, t0)
 
-        # 4. the model, copied out as hostile input
+        # 4. the model, copied out as hostile input, then handed over (an atomic rename: never seen half-written)
         try:
             t_copy = time.monotonic()
-            model_copy.unlink(missing_ok=True)
-            containers.fetch_file(holder, f"{HOLD_TRAIN}/model.pt2", policy.limits.output_mb << 20, dest=model_copy)
-            os.chmod(model_copy, 0o444)
+            containers.fetch_file(holder, f"{HOLD_TRAIN}/model.pt2", policy.limits.output_mb << 20, dest=model_part)
+            os.chmod(model_part, 0o444)
+            os.rename(model_part, model_copy)
             out.timings["copy_model_s"] = round(time.monotonic() - t_copy, 3)
         except containers.RefusedFile as e:
             return _finish(out, "export_failed", f"train.py exited 0 but its model is unusable: {e}", t0)
@@ -148,12 +164,11 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         # 5. eval (trusted code, hostile model)
         if on_phase:
             on_phase("evaluating")
-        evaluator = client.containers.create(**cspec.evaluate(
-            policy, image=spec.image, name=names["eval"], labels=labels["eval"], model_file=model_copy,
-            data_dir=Path(spec.data_dir), out_volume=names["eval-out"]))
-        made_containers.append(evaluator)
-        e_exit, _ = containers.run_to_end(evaluator, policy.eval.timeout_seconds, pump=False)
+        t_handed = time.monotonic()
+        e_exit, _ = containers.wait_to_end(waiting, policy.eval.timeout_seconds, since=t_handed)
         _record(out.timings, "eval", e_exit)
+        out.timings["eval_wait_s"] = round(t_handed - waiting.t0, 3)      # started early, waiting for the model
+        out.timings["eval_wall_s"] = round(e_exit.host_wall_s, 3)          # from the hand-over to its exit
         eval_tail = containers.log_tail(evaluator, 100)
 
         # 6. the score: result.json only, validated
@@ -178,8 +193,10 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         errors = cleanup.remove_containers(reversed(made_containers))
         if client is not None:
             errors += cleanup.remove_volumes(client, made_volumes)
-        if not spec.keep_model:
-            model_copy.unlink(missing_ok=True)
+        model_part.unlink(missing_ok=True)
+        if spec.keep_model and model_copy.is_file():
+            os.replace(model_copy, work / "model.pt2")
+        shutil.rmtree(model_dir, ignore_errors=True)
         if errors and out.status != "infra":
             out.error = (out.error + "; " if out.error else "") + "cleanup: " + errors[0]
 

@@ -212,3 +212,35 @@ def test_the_schema_check_never_raises_on_hostile_values_anywhere(good, data):
         problems = check_result(r)                      # must not raise
         assert isinstance(problems, list) and all(isinstance(p, str) and len(p) < 400 for p in problems)
     assert check_result({"schema": 1}) and check_result({i: i for i in range(3)})
+
+
+def test_a_waiting_evaluator_scores_the_model_handed_over_later_exactly_as_one_that_had_it(good, data, tmp_path):
+    # The runner starts the eval container while training runs and renames the model in when training ends.
+    import shutil
+    import threading
+    import time
+    slot = tmp_path / "in" / "model.pt2"
+    slot.parent.mkdir()
+
+    def hand_over():
+        time.sleep(1.0)
+        shutil.copy(good, tmp_path / "part")
+        (tmp_path / "part").rename(slot)
+    threading.Thread(target=hand_over).start()
+    t0 = time.perf_counter()
+    waited = evaluate(slot, data, "tiny", probe_seed=5, wait_s=60)
+    wall = time.perf_counter() - t0
+    direct = evaluate(good, data, "tiny", probe_seed=5)
+    assert waited["status"] == "ok" and waited["val_bpb"] == direct["val_bpb"]
+    assert waited["probes"] == direct["probes"] and waited["model"] == direct["model"]
+    assert waited["timings"]["total_s"] <= wall - 0.9            # the wait is not the evaluator's work
+    assert check_result(waited) == []
+
+
+def test_a_model_that_never_arrives_ends_the_waiting_evaluator_with_one_line_and_no_result(data, tmp_path):
+    out = tmp_path / "out" / "result.json"
+    p = cli("--model", str(tmp_path / "in" / "model.pt2"), "--data", str(data), "--preset", "tiny",
+            "--out", str(out), "--wait-for-model", "1")
+    assert p.returncode == 3 and not out.exists()
+    assert p.stderr.strip().splitlines()[-1].startswith("evaluate: no model appeared at ")
+    assert "Traceback" not in p.stderr

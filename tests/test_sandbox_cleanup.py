@@ -38,12 +38,12 @@ def test_leftovers_of_a_dead_run_are_removed_by_its_tag_and_other_runs_are_untou
 
 def test_an_interrupted_trial_leaves_no_container_or_volume(tmp_path, docker_client, trial_image, sandbox_data,
                                                             monkeypatch):
-    real = containers.run_to_end
+    real = containers.wait_to_end
 
-    def interrupted(container, *a, **kw):
-        real(container, 0.01, pump=False)                      # start it, then Ctrl-C arrives
+    def interrupted(started, *a, **kw):
+        real(started, 0.01)                                    # it runs, then Ctrl-C arrives
         raise KeyboardInterrupt
-    monkeypatch.setattr(containers, "run_to_end", interrupted)
+    monkeypatch.setattr(containers, "wait_to_end", interrupted)
     cand = candidate(tmp_path, "import time\ntime.sleep(600)\n")
     with pytest.raises(KeyboardInterrupt):
         trial(tmp_path, trial_image.tag, cand, sandbox_data)

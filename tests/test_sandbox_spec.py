@@ -59,18 +59,21 @@ def test_train_container_never_sees_validation_data(tmp_path):
     assert not any(t.startswith("/data/val") or t == "/data/manifest.json" for t in targets)
 
 
-def test_eval_container_spec_mounts_val_and_the_host_copy_of_the_model_read_only(tmp_path):
+def test_eval_container_spec_mounts_val_and_the_host_model_directory_read_only(tmp_path):
     pol = policy()
     data = tmp_path / "data"
-    got = spec.evaluate(pol, image="img:tag", name="n", labels=LABELS, model_file=tmp_path / "model.pt2",
+    got = spec.evaluate(pol, image="img:tag", name="n", labels=LABELS, model_dir=tmp_path / "model",
                         data_dir=data, out_volume="vol-eval")
+    wait = pol.train.timeout_seconds + pol.eval.timeout_seconds
     want = _hardening() | {
         "command": ["python", "-m", "trainer.evaluate", "--model", "/in/model.pt2", "--data", "/data",
-                    "--preset", "tiny", "--out", "/out/result.json", "--device", "cpu"],
+                    "--preset", "tiny", "--out", "/out/result.json", "--device", "cpu",
+                    "--wait-for-model", f"{wait:g}"],
         "entrypoint": [],
+        "cpu_shares": 2,
         "environment": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
         "mounts": [
-            Mount("/in/model.pt2", str((tmp_path / "model.pt2").resolve()), type="bind", read_only=True),
+            Mount("/in", str((tmp_path / "model").resolve()), type="bind", read_only=True),
             Mount("/data/val", str((data / "val").resolve()), type="bind", read_only=True),
             Mount("/data/tokenizer", str((data / "tokenizer").resolve()), type="bind", read_only=True),
             Mount("/data/manifest.json", str((data / "manifest.json").resolve()), type="bind", read_only=True),
@@ -95,7 +98,7 @@ def test_no_spec_ever_grants_the_socket_privileges_or_host_namespaces(tmp_path):
     specs = [
         spec.train(pol, image="i", name="n", labels=LABELS, train_py=tmp_path / "t.py", data_dir=tmp_path,
                    out_volume="v", seed=1),
-        spec.evaluate(pol, image="i", name="n", labels=LABELS, model_file=tmp_path / "m", data_dir=tmp_path,
+        spec.evaluate(pol, image="i", name="n", labels=LABELS, model_dir=tmp_path / "m", data_dir=tmp_path,
                       out_volume="v"),
         spec.holder(pol, image="i", name="n", labels=LABELS, volumes={"/hold/a": "va"}),
     ]
@@ -134,9 +137,9 @@ def test_gpu_policy_becomes_device_requests_and_cuda_env(tmp_path, gpu, want):
                     out_volume="v", seed=1)
     assert kw["device_requests"] == want
     assert kw["environment"]["AUTORESEARCH_DEVICE"] == "cuda"
-    ev = spec.evaluate(pol, image="i", name="n", labels=LABELS, model_file=tmp_path / "m", data_dir=tmp_path,
+    ev = spec.evaluate(pol, image="i", name="n", labels=LABELS, model_dir=tmp_path / "m", data_dir=tmp_path,
                        out_volume="v")
-    assert ev["device_requests"] == want and ev["command"][-2:] == ["--device", "cuda"]
+    assert ev["device_requests"] == want and ev["command"][-4:-2] == ["--device", "cuda"]
     assert "device_requests" not in spec.holder(pol, image="i", name="h", labels={}, volumes={})
 
 

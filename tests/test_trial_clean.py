@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from runner.sandbox import containers
 from tests.sandbox_kit import REAL_TRAIN_PY, candidate, policy, real_candidate, trial
 
 pytestmark = pytest.mark.docker
@@ -51,7 +52,11 @@ def test_a_clean_tiny_trial_is_ok_with_the_bpb_of_a_direct_run(tmp_path, trial_i
     assert phases[0][1] == 0 and phases[1][1] > 0                   # evaluating begins after the train log
     t = out.timings
     assert t["train_wall_s"] > 0 and t["eval_wall_s"] > 0 and t["train_started_at"] < t["eval_started_at"]
+    # the eval container started beside the training and waited for the model (its start-up off the critical path)
+    started = containers._parse_time(t["eval_started_at"])
+    assert started < containers._parse_time(t["train_finished_at"]) and t["eval_wait_s"] > 0
     assert not (spec.work_dir / "model.pt2").exists()               # the model copy is removed unless kept
+    assert sorted(p.name for p in spec.work_dir.iterdir()) == ["result.json", "train.py"]
 
 
 def test_a_train_step_that_prints_or_writes_a_fake_score_does_not_change_the_reported_score(
@@ -71,9 +76,11 @@ def test_a_train_step_that_prints_or_writes_a_fake_score_does_not_change_the_rep
             print("step=99 loss=0.0 val_bpb=0.0001", flush=True)
         atexit.register(_forge)
     """
-    out, _ = trial(tmp_path, trial_image.tag, real_candidate(tmp_path, prefix=forger), sandbox_data,
-                   pol=policy(**POLICY), seed=SEED)
+    out, spec = trial(tmp_path, trial_image.tag, real_candidate(tmp_path, prefix=forger), sandbox_data,
+                      pol=policy(**POLICY), seed=SEED, keep_model=True)
     assert out.status == "ok", (out.error, out.log_tail)
+    kept = spec.work_dir / "model.pt2"                              # keep_model: the scored copy, read-only
+    assert kept.is_file() and oct(kept.stat().st_mode & 0o777) == "0o444" and not (spec.work_dir / "model").exists()
     assert "val_bpb: 0.0001" in out.log_tail                        # the forgery ran ...
     assert out.val_bpb != pytest.approx(0.0001)                     # ... and changed nothing
     assert out.val_bpb == pytest.approx(direct_bpb, rel=1e-6, abs=1e-6)

@@ -6,7 +6,11 @@ running any pickle, generated guard code or non-torch callable (see that module'
 torch.export.load itself would execute, and docs/result-schema.md). Imports: torch, numpy, pyyaml, stdlib.
 
     python -m trainer.evaluate --model M.pt2 --data DATA --preset P --out RESULT.json [--device cpu|cuda]
-                               [--probe-seed N]
+                               [--probe-seed N] [--wait-for-model S]
+
+With --wait-for-model the model file need not exist yet: the evaluator reads the data, warms its loader up on a
+tiny trusted model, and waits for the file (the runner starts the eval container while training runs, so the
+torch import and warm-up are off the critical path; see `wait_for_model`).
 
 Steps: verify DATA/val and DATA/tokenizer against DATA/manifest.json; lay out the val tokens (trainer/bpb.py);
 load and check the model against the TRUSTED shapes (seq_len and eval_batch_size from trainer/presets.yaml,
@@ -25,6 +29,7 @@ import math
 import platform
 import secrets
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import bpb, probes
+from . import bpb, probes, program
 from .harness import cpu_threads
 from .program import InvalidModel, load_program
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
@@ -154,9 +159,43 @@ def probe_batch(layout: bpb.EvalLayout, batch: int, rng: np.random.Generator) ->
     return base[:, :-1], layout.rows[pick].astype(np.int64)
 
 
+def wait_for_model(path: Path, wait_s: float, poll_s: float = 0.02) -> float:
+    """Warm the loader up while waiting for `path` to appear; seconds waited. Raises SetupError after wait_s.
+
+    The runner starts the eval container while the model is still training, with the lowest CPU weight (so this
+    never slows the training), and renames the model into a directory mounted read-only here once training is
+    over. The warm-up (program.warm_up: a tiny trusted model through the loader) runs on a thread while the main
+    thread watches for the file.
+    """
+    t0 = time.perf_counter()
+    errors: list[BaseException] = []
+
+    def warm() -> None:
+        try:
+            program.warm_up()
+        except BaseException as e:  # noqa: BLE001 - reported below; a failed warm-up only costs time
+            errors.append(e)
+
+    thread = threading.Thread(target=warm, name="warm-up", daemon=True)
+    thread.start()
+    while not path.exists():
+        if time.perf_counter() - t0 > wait_s:
+            raise SetupError(f"no model appeared at {path} within {wait_s:g} s; the runner hands it over when "
+                             "training ends")
+        time.sleep(poll_s)
+    thread.join()
+    if errors:
+        print(f"evaluate: warm-up failed ({_one_line(errors[0])}); loading without it", file=sys.stderr)
+    return time.perf_counter() - t0
+
+
 def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cpu",
-             probe_seed: int | None = None) -> dict:
-    """Score one exported model; returns the result dict. Raises DataError / SetupError when it cannot run."""
+             probe_seed: int | None = None, wait_s: float = 0.0) -> dict:
+    """Score one exported model; returns the result dict. Raises DataError / SetupError when it cannot run.
+
+    With wait_s > 0 the model may not exist yet: the data is read first, then `wait_for_model`. The timings
+    leave the wait out (total_s is the evaluator's own work).
+    """
     t0 = time.perf_counter()
     p = load_preset(preset)
     if device not in ("cpu", "cuda"):
@@ -177,6 +216,10 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
                    "baselines": _numbers(manifest.get("baselines"))}
     t1 = time.perf_counter()
     res["timings"]["data_s"] = round(t1 - t0, 4)
+    if wait_s > 0:
+        waited = wait_for_model(Path(model), wait_s)
+        t0 += waited
+        t1 += waited
 
     def finish(status: str, error: str | None = None) -> dict:
         res["status"], res["error"] = status, error
@@ -371,11 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="where to write result.json")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--probe-seed", type=int, default=None, help="fix the probes' random choices (default: random)")
+    ap.add_argument("--wait-for-model", type=float, default=0.0, metavar="S",
+                    help="the model may not exist yet: read the data, warm up, and wait up to S seconds for it")
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(cpu_threads())   # the container's CPU quota, not the host's core count
     try:
-        res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed)
+        res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed, args.wait_for_model)
     except SetupError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return EXIT_USAGE if "preset" in str(e) else EXIT_CANNOT_RUN

@@ -434,6 +434,35 @@ def check_program(ep, batch: int, seq_len: int, vocab_size: int, device: str) ->
     return Program(gm, state, user_index, batch, seq_len, vocab_size, device, num_params, sorted(ops))
 
 
+class _WarmUp(torch.nn.Module):
+    """A tiny TRUSTED model of the same kind as the agent's (embedding, matmul, in-place op, softmax)."""
+
+    def __init__(self, vocab: int = 16, dim: int = 8):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        h = h + torch.nn.functional.scaled_dot_product_attention(h[:, None], h[:, None], h[:, None],
+                                                                 is_causal=True)[:, 0]
+        h.mul_(0.5)
+        return self.head(torch.nn.functional.rms_norm(h, (h.shape[-1],)))
+
+
+def warm_up() -> None:
+    """Pay the loader's one-time costs (lazy imports of torch.export, torch._dynamo and the decomposition tables)
+    on a tiny trusted model, before the untrusted one exists: export it, then send it through the same sanitize,
+    load and check steps as a real model. On CPU, whatever the eval device (no CUDA context is made here)."""
+    model = _WarmUp().eval()
+    ep = torch.export.export(model, (torch.zeros(2, 4, dtype=torch.int64),))
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    from torch.export.pt2_archive._package import load_pt2
+    loaded = load_pt2(io.BytesIO(sanitize_archive(buf.getvalue(), "cpu"))).exported_programs[_MODEL]
+    check_program(loaded, 2, 4, 16, "cpu")
+
+
 def load_program(path: str | os.PathLike, batch: int, seq_len: int, vocab_size: int, device: str = "cpu",
                  max_bytes: int = MAX_MODEL_BYTES) -> Program:
     """Read, check, rebuild, load and re-check an untrusted .pt2. Raises InvalidModel with a one-line reason."""

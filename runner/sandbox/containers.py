@@ -111,15 +111,33 @@ class LogPump:
             self._thread.join(timeout)
 
 
-def run_to_end(container, timeout_s: float, on_line: Callable[[str], None] | None = None,
-               pump: bool = True) -> tuple[Exit, LogPump | None]:
-    """Start the container and wait at most timeout_s for it (its whole life); kill it after that."""
-    import requests
+@dataclass
+class Started:
+    """A container started by `start`: when (host monotonic clock), and its log pump if any."""
+    container: object
+    t0: float
+    logs: LogPump | None
+
+
+def start(container, on_line: Callable[[str], None] | None = None, pump: bool = True) -> Started:
+    """Start the container (and follow its logs); `wait_to_end` waits for it."""
     logs = LogPump(container, on_line) if pump else None
     t0 = time.monotonic()
     container.start()
     if logs:
         logs.start()
+    return Started(container, t0, logs)
+
+
+def wait_to_end(started: Started, timeout_s: float, since: float | None = None) -> tuple[Exit, LogPump | None]:
+    """Wait until the container exits, at most timeout_s after `since` (default: its start); kill it after that.
+
+    host_wall_s is measured from `since` too: for a container started early that waited for its input (the eval
+    container waits for the model), pass the moment the input arrived.
+    """
+    import requests
+    container, logs = started.container, started.logs
+    t0 = started.t0 if since is None else since
     timed_out = False
     remaining = timeout_s - (time.monotonic() - t0)
     try:
@@ -146,6 +164,12 @@ def run_to_end(container, timeout_s: float, on_line: Callable[[str], None] | Non
         host_wall_s=host_wall,
         engine_error=str(state.get("Error") or "")[:500],
     ), logs
+
+
+def run_to_end(container, timeout_s: float, on_line: Callable[[str], None] | None = None,
+               pump: bool = True) -> tuple[Exit, LogPump | None]:
+    """Start the container and wait at most timeout_s for it (its whole life); kill it after that."""
+    return wait_to_end(start(container, on_line, pump), timeout_s)
 
 
 def kill(container) -> None:

@@ -8,8 +8,13 @@ kwargs. Three containers per trial, all from the pinned trial image, all hardene
     train    UNTRUSTED code: the candidate's train.py (a read-only copy made by the host), /data/train and
              /data/tokenizer read-only, /out = a size-capped tmpfs volume. No validation data.
     eval     trusted code (the evaluator in the image) on a hostile input: /in/model.pt2 (a regular-file copy the
-             host made, read-only), /data/val, /data/tokenizer, /data/manifest.json read-only, /out = its own
-             capped tmpfs volume. Validation data is mounted here and nowhere else.
+             host made), /data/val, /data/tokenizer, /data/manifest.json read-only, /out = its own capped tmpfs
+             volume. Validation data is mounted here and nowhere else. It starts with the train container and
+             waits: /in is the host's per-trial model directory, read-only here and empty until the host renames
+             its checked copy of the model into it (`--wait-for-model`), so the evaluator's torch import and
+             warm-up overlap training instead of following it. One container per model, as before. Its CPU
+             weight is the lowest there is (cpu_shares 2, against 1024 for the train container), so while both
+             run the training loses no CPU to it; once the training has ended it runs alone at full speed.
 
 Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
 no-new-privileges, a non-root uid:gid, pids/memory(=memory+swap)/CPU limits, init, capped json-file logs, no core
@@ -29,9 +34,11 @@ LOG_MAX_SIZE = "10m"
 OUT_INODES = 4096                 # files the output tmpfs may hold
 HOLDER_MEMORY = "64m"
 HOLDER_PIDS = 16
+EVAL_CPU_SHARES = 2               # the lowest CPU weight: the waiting evaluator never competes with training
 
 TRAIN_SCRIPT = "/work/train.py"
-MODEL_IN = "/in/model.pt2"
+MODEL_DIR = "/in"
+MODEL_IN = f"{MODEL_DIR}/model.pt2"
 DATA = "/data"
 OUT = "/out"
 
@@ -159,21 +166,25 @@ def train(policy, *, image: str, name: str, labels: dict[str, str], train_py: Pa
 
 
 def eval_command(policy) -> list[str]:
+    wait = policy.train.timeout_seconds + policy.eval.timeout_seconds   # a backstop: the host kills it sooner
     return ["python", "-m", "trainer.evaluate", "--model", MODEL_IN, "--data", DATA, "--preset", policy.preset,
-            "--out", f"{OUT}/result.json", "--device", "cuda" if policy.wants_gpu else "cpu"]
+            "--out", f"{OUT}/result.json", "--device", "cuda" if policy.wants_gpu else "cpu",
+            "--wait-for-model", f"{wait:g}"]
 
 
-def evaluate(policy, *, image: str, name: str, labels: dict[str, str], model_file: Path, data_dir: Path,
+def evaluate(policy, *, image: str, name: str, labels: dict[str, str], model_dir: Path, data_dir: Path,
              out_volume: str) -> dict:
-    """The trusted phase: the image's evaluator on the host's copy of model.pt2, with the validation split."""
+    """The trusted phase: the image's evaluator, waiting for the host's copy of model.pt2 to appear in model_dir
+    (mounted read-only at /in), with the validation split."""
     data_dir = Path(data_dir)
     kwargs = hardening(policy, image=image, name=name, labels=labels)
     kwargs.update(
         command=eval_command(policy),
         entrypoint=[],
+        cpu_shares=EVAL_CPU_SHARES,
         environment={"OMP_NUM_THREADS": str(threads(policy)), "MKL_NUM_THREADS": str(threads(policy))},
         mounts=[
-            _ro_bind(model_file, MODEL_IN),
+            _ro_bind(model_dir, MODEL_DIR),
             _ro_bind(data_dir / "val", f"{DATA}/val"),
             _ro_bind(data_dir / "tokenizer", f"{DATA}/tokenizer"),
             _ro_bind(data_dir / "manifest.json", f"{DATA}/manifest.json"),
