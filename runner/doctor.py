@@ -43,7 +43,19 @@ def check_data(data: Path | None) -> Check:
         return Check("data", False, str(e))  # a DataError names its own fix
     floor = manifest.get("bpb_floor")
     return Check("data", True, f"{data}: {len(manifest['files'])} files verified ({manifest.get('source')}"
-                               + (f", bpb floor {floor:.4f})" if isinstance(floor, (int, float)) else ")"))
+                               + (f", bpb floor {floor:.4f})" if isinstance(floor, (int, float)) else ")")
+                               + _older_grammar(data, manifest))
+
+
+def _older_grammar(data: Path, manifest: dict) -> str:
+    """A note when synthetic data was made by another grammar version (valid, but not the numbers in the docs)."""
+    from trainer.prepare.synthetic import GRAMMAR_VERSION
+    params = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+    made = params.get("grammar")
+    if manifest.get("source") != "synthetic" or made == GRAMMAR_VERSION:
+        return ""
+    return (f"; note: made by grammar {made}, this version makes {GRAMMAR_VERSION} (to match docs/benchmarks.md: "
+            f"autoresearch prepare synthetic --out {data} --force)")
 
 
 def check_endpoint(policy: Policy) -> Check:
