@@ -227,3 +227,10 @@ def test_an_oversized_program_description_is_refused_unparsed(good, monkeypatch)
     monkeypatch.setattr(program, "MAX_JSON_BYTES", 1000)
     with pytest.raises(InvalidModel, match="models/model.json is .* over the 1000-byte limit"):
         load_program(good, 8, 64, VOCAB)
+
+
+def test_the_warm_up_model_passes_every_check_of_the_real_loader():
+    # The waiting evaluator warms up on this tiny trusted model; if the loader refused it, every trial would pay
+    # the full loading cost after training again (and only a line on stderr would say so).
+    from trainer import program
+    program.warm_up()

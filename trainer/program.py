@@ -454,19 +454,21 @@ def warm_up() -> None:
     """Pay the loader's one-time costs (lazy imports of torch.export, torch._dynamo and the decomposition tables)
     on a tiny trusted model, before the untrusted one exists: export it, then send it through the same sanitize,
     load and check steps as a real model. On CPU, whatever the eval device (no CUDA context is made here)."""
-    model = _WarmUp().eval()
-    ep = torch.export.export(model, (torch.zeros(2, 4, dtype=torch.int64),))
+    ep = torch.export.export(_WarmUp().eval(), (torch.zeros(2, 4, dtype=torch.int64),))
     buf = io.BytesIO()
     torch.export.save(ep, buf)
-    from torch.export.pt2_archive._package import load_pt2
-    loaded = load_pt2(io.BytesIO(sanitize_archive(buf.getvalue(), "cpu"))).exported_programs[_MODEL]
-    check_program(loaded, 2, 4, 16, "cpu")
+    load_archive(buf.getvalue(), 2, 4, 16, "cpu")
 
 
 def load_program(path: str | os.PathLike, batch: int, seq_len: int, vocab_size: int, device: str = "cpu",
                  max_bytes: int = MAX_MODEL_BYTES) -> Program:
     """Read, check, rebuild, load and re-check an untrusted .pt2. Raises InvalidModel with a one-line reason."""
-    clean = sanitize_archive(read_archive(path, max_bytes), device)
+    return load_archive(read_archive(path, max_bytes), batch, seq_len, vocab_size, device)
+
+
+def load_archive(raw: bytes, batch: int, seq_len: int, vocab_size: int, device: str = "cpu") -> Program:
+    """`load_program` on archive bytes already read (size-capped) into memory."""
+    clean = sanitize_archive(raw, device)
     try:
         from torch.export.pt2_archive._package import load_pt2
     except ImportError:  # pragma: no cover - other torch versions: same loader behind the public name
