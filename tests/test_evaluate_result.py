@@ -5,8 +5,11 @@ import copy
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,9 +219,6 @@ def test_the_schema_check_never_raises_on_hostile_values_anywhere(good, data):
 
 def test_a_waiting_evaluator_scores_the_model_handed_over_later_exactly_as_one_that_had_it(good, data, tmp_path):
     # The runner starts the eval container while training runs and renames the model in when training ends.
-    import shutil
-    import threading
-    import time
     slot = tmp_path / "in" / "model.pt2"
     slot.parent.mkdir()
 

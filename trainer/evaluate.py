@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import yaml
 
-from . import bpb, probes, program
+from . import bpb, probes
 from .harness import cpu_threads
-from .program import InvalidModel, load_program
+from .program import InvalidModel, load_program, warm_up
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
                      manifest_sha256, sha256_file, shard_paths, verify)
 
@@ -172,7 +172,7 @@ def wait_for_model(path: Path, wait_s: float, poll_s: float = 0.02) -> float:
 
     def warm() -> None:
         try:
-            program.warm_up()
+            warm_up()
         except BaseException as e:  # noqa: BLE001 - reported below; a failed warm-up only costs time
             errors.append(e)
 
