@@ -2,8 +2,8 @@
 
 For each trial of a real run (real git, real containers), the share of its wall time spent inside the training
 budget (train.py's own `training_seconds`) versus everything else: proposal, patch check, git, container start
-(create -> first step), the rest of the train container (model build, export), eval, bookkeeping (ledger,
-report, the gap to the next trial). Then the best val_bpb after the run's trials versus the baseline, as a %
+(taking or making the trial's containers, then hand-over -> first step), the rest of the train container (the
+last step, export, exit), eval (model hand-over -> exit), bookkeeping (ledger, report, the gap to the next trial). Then the best val_bpb after the run's trials versus the baseline, as a %
 improvement. Prints markdown tables (for docs/benchmarks.md).
 
     python benchmarks/loop_duty_cycle.py                       # 10 trials at a 60 s budget, `cpu` preset
@@ -49,16 +49,15 @@ def policy_for(args):
 def phases(r: TrialRecord, wall: float) -> dict:
     t, tt = r.timings, r.trial_timings
     training = (r.training_seconds or 0.0) + ((r.confirm or {}).get("training_seconds") or 0.0)
-    startup = tt.get("train_startup_s") or 0.0
-    train_wall = tt.get("train_wall_s") or 0.0
-    evaluation = tt.get("eval_wall_s") or 0.0
+    to_first_step = tt.get("train_startup_s") or 0.0       # hand-over of train.py -> its first step line
+    startup = (tt.get("slot_s") or 0.0) + to_first_step     # + taking (or making) the trial's containers
+    train_wall = tt.get("train_host_s") or 0.0            # from the hand-over of train.py to the exit
+    evaluation = tt.get("eval_host_s") or 0.0             # from the hand-over of the model to the exit
+    train_rest = max(0.0, train_wall - to_first_step - training)
     loop = sum(t.get(k, 0.0) for k in ("propose_s", "check_s", "git_s"))
-    trial_total = t.get("trial_s", 0.0) + t.get("confirm_s", 0.0)
     return {"wall": wall, "training": training, "share": 100 * training / wall if wall else 0.0,
-            "proposal+git": loop, "start": startup, "train_rest": max(0.0, train_wall - startup - training),
-            "eval": evaluation,
-            "other": max(0.0, wall - loop - startup - max(0.0, train_wall - startup - training) - training
-                         - evaluation)}
+            "proposal+git": loop, "start": startup, "train_rest": train_rest, "eval": evaluation,
+            "other": max(0.0, wall - loop - startup - train_rest - training - evaluation)}
 
 
 def table(records: list[TrialRecord]) -> tuple[str, float, float]:

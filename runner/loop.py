@@ -13,6 +13,7 @@ ledger line is run again on --resume, and a branch one step behind its ledger is
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -106,13 +107,15 @@ class Run:
         self.ws = Workspace(cfg.repo)
         self.dir = run_dir_of(self.ws.root, self.tag)
         self.ledger = Ledger(self.dir)
+        self.standby = None                                  # set while run() runs
 
     # =========================================================================== the run, top to bottom
     def run(self) -> RunSummary:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _RunLock(self.dir / ".lock", self.tag):
+        with _RunLock(self.dir / ".lock", self.tag), contextlib.ExitStack() as stack:
             meta = self._open()                              # run.json + branch (+ reconcile on resume)
             self.cleanup(self.tag)                           # containers of a dead run with this tag
+            self.standby = stack.enter_context(self._standby())   # each trial starts the next one's containers
             self.trial_fn = self.trial_fn or default_trial_fn()
             records = self.ledger.records()
             self.events.run_started({**meta, "resume": self.cfg.resume, "trials_done": len(records)})
@@ -206,6 +209,12 @@ class Run:
         if self.proposer is None:
             self.proposer = make(meta["proposer"], self.policy)
         return meta
+
+    def _standby(self):
+        """The run's slot started ahead (runner/sandbox/slot.py); removed when the run ends, however it ends."""
+        from .sandbox.slot import Standby
+        return contextlib.closing(Standby(self.policy, image=self.image, data_dir=self.data, run_tag=self.tag,
+                                          base_dir=self.dir / "slots"))
 
     def _reconcile(self, start: str, head: str | None) -> None:
         """Put the branch where the ledger says the best is (a kill between ledger and update-ref)."""
@@ -345,7 +354,8 @@ class Run:
         candidate = self.ws.export(commit, self.allowed, work / "candidate")
         self.events.phase("starting", f"seed {seed}")
         spec = TrialSpec(run_tag=self.tag, trial_id=f"{n}-{sub}" if sub else str(n), candidate_dir=candidate,
-                         data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work)
+                         data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work,
+                         standby=self.standby)
         with _LogTee(work / "train.log", self.events.line) as on_line:
             return self.trial_fn(spec, on_line, on_phase=lambda name: self.events.phase(name, f"seed {seed}"))
 

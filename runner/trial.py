@@ -2,18 +2,20 @@
 container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); the candidate is untrusted.
 
     run_trial(spec, on_line, on_phase=...) reads top to bottom as the data flow (on_phase hears "training" and
-    "evaluating" as those containers start, for the live view):
+    "evaluating" as those phases start, for the live view):
       1. stage     copy the candidate's train.py into the trial's work dir (a regular file, read-only)
-      2. volumes   two size-capped tmpfs volumes (train /out, eval /out) and a holder container that keeps them
-                   mounted, so the outputs outlive the containers that wrote them until the host copies them out
-      3. train     train container (hard timeout over its whole life); its log lines stream to on_line. The eval
-                   container starts right after it and waits for the model (imports and warm-up off the
-                   critical path; it never sees anything but the validation data and, later, the model)
+      2. slot      the trial's containers (runner/sandbox/slot.py): a holder that keeps two size-capped tmpfs
+                   output volumes mounted, a train and an eval container, all started and waiting for their
+                   inputs. A run starts them while the previous trial trains (spec.standby); otherwise now
+      3. train     hand train.py over (the trial starts here); the train container runs it under a hard timeout
+                   counted from the hand-over, its log lines streaming to on_line. Meanwhile the run's next
+                   slot starts. The eval container never sees anything but the validation data and, later,
+                   the model
       4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap), then rename
                    it into the eval container's read-only model directory: the hand-over
       5. eval      the evaluator scores that copy (hard timeout counted from the hand-over)
       6. result    copy out result.json, validate it (runner.result), classify (runner.sandbox.classify)
-      finally      remove the containers and volumes, and the model copy unless spec.keep_model
+      finally      remove the slot's containers, volumes and directory (the model is kept if spec.keep_model)
 
 Engine and image failures give status `infra` (never blamed on the candidate); a bad data directory is the
 user's to fix and raises UserError before anything starts.
@@ -30,10 +32,9 @@ from typing import Callable
 
 from .errors import InfraError, UserError
 from .result import MAX_RESULT_BYTES, ResultError, parse_result, parse_summary
-from .sandbox import classify, cleanup, containers, preflight, spec as cspec
+from .sandbox import classify, cleanup, containers, preflight
+from .sandbox.slot import HOLD_EVAL, HOLD_TRAIN, Slot, Standby, open_slot
 
-HOLD_TRAIN, HOLD_EVAL = "/hold/train", "/hold/eval"
-EVAL_OUT_MB = 16                      # result.json is small; the eval /out volume is capped at this
 EXPORT_ERROR_BYTES = 64 * 1024
 MAX_TRAIN_PY_BYTES = 4 << 20           # a candidate train.py larger than this is refused (crash)
 LOG_TAIL_LINES = 60
@@ -50,6 +51,7 @@ class TrialSpec:
     seed: int
     work_dir: Path                    # host dir for this trial's files (train.py copy, result.json, logs)
     keep_model: bool = False          # keep work_dir/model.pt2 after the trial (reproduce, debugging)
+    standby: Standby | None = None    # a run's slot started ahead: this trial takes it and starts the next one
 
 
 @dataclass
@@ -74,13 +76,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
     work = Path(spec.work_dir)
     _check_data(Path(spec.data_dir), policy.limits.uid)
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / "model"                       # the eval container's /in: empty until the hand-over
-    model_copy = model_dir / "model.pt2"
-    model_part = work / "model.pt2.part"
-    made_containers, made_volumes = [], []
-    names = {role: cspec.name(spec.run_tag, spec.trial_id, role)
-             for role in ("holder", "train", "eval", "train-out", "eval-out")}
-    labels = {role: cspec.labels(spec.run_tag, spec.trial_id, role) for role in names}
+    slot: Slot | None = None
     try:
         # 0. engine + image (infra on failure); a re-run of the same trial id replaces its leftovers
         client = client or preflight.connect()
@@ -94,7 +90,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         cleanup.remove_leftovers(spec.run_tag, spec.trial_id, client)
 
         # 1. stage the candidate
-        (work / "result.json").unlink(missing_ok=True)
+        for old in ("result.json", "model.pt2"):           # left by an earlier run of this trial id
+            (work / old).unlink(missing_ok=True)
         train_py = _stage_candidate(Path(spec.candidate_dir), work)
         if train_py is None:
             return _finish(out, "crash", "the candidate has no regular file train.py (deleted or a link)", t0)
@@ -102,47 +99,34 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
             return _finish(out, "crash", f"the candidate's train.py is {train_py.stat().st_size:,} bytes, over "
                                          f"the cap of {MAX_TRAIN_PY_BYTES:,}", t0)
 
-        # 2. output volumes + holder
-        sizes = {"train-out": policy.limits.output_mb, "eval-out": min(EVAL_OUT_MB, policy.limits.output_mb)}
-        for role, size in sizes.items():
-            client.volumes.create(**cspec.output_volume(policy, name=names[role], labels=labels[role], size_mb=size))
-            made_volumes.append(names[role])
-        holder = client.containers.create(**cspec.holder(
-            policy, image=spec.image, name=names["holder"], labels=labels["holder"],
-            volumes={HOLD_TRAIN: names["train-out"], HOLD_EVAL: names["eval-out"]}))
-        made_containers.append(holder)
-        holder.start()
+        # 2. the slot: started ahead by the run and waiting, or started now
+        t_slot = time.monotonic()
+        slot = spec.standby.take(policy, spec.image, spec.data_dir) if spec.standby else None
+        out.timings["slot_prestarted"] = slot is not None
+        if slot is None:
+            slot = open_slot(client, policy, image=spec.image, data_dir=Path(spec.data_dir), run_tag=spec.run_tag,
+                             slot_id=spec.trial_id, dir=work / "slot")
+        out.timings["slot_s"] = round(time.monotonic() - t_slot, 3)
 
-        # 3. train (untrusted), with the eval container started beside it, waiting for the model
+        # 3. train (untrusted): the hand-over starts it; then the next trial's slot starts beside it
         if on_phase:
             on_phase("training")
-        shutil.rmtree(model_dir, ignore_errors=True)
-        model_part.unlink(missing_ok=True)
-        (work / "model.pt2").unlink(missing_ok=True)       # a model kept by an earlier run of this trial id
-        model_dir.mkdir()
-        os.chmod(model_dir, 0o755)                           # readable by the trial uid whatever the umask
-        t_create = time.monotonic()
-        train = client.containers.create(**cspec.train(
-            policy, image=spec.image, name=names["train"], labels=labels["train"], train_py=train_py,
-            data_dir=Path(spec.data_dir), out_volume=names["train-out"], seed=spec.seed))
-        made_containers.append(train)
-        evaluator = client.containers.create(**cspec.evaluate(
-            policy, image=spec.image, name=names["eval"], labels=labels["eval"], model_dir=model_dir,
-            data_dir=Path(spec.data_dir), out_volume=names["eval-out"]))
-        made_containers.append(evaluator)
-        training = containers.start(train, on_line)
-        waiting = containers.start(evaluator, pump=False)
+        t_handed = slot.hand_over_candidate(train_py, spec.seed)
+        training = containers.follow(slot.train, on_line, since=t_handed)
+        slot.name_after(spec.run_tag, spec.trial_id)
+        if spec.standby:
+            spec.standby.prepare(client)
         t_exit, pump = containers.wait_to_end(training, policy.train.timeout_seconds)
         _record(out.timings, "train", t_exit)
         if pump and pump.first_step_at is not None:
-            out.timings["train_startup_s"] = round(pump.first_step_at - t_create, 3)
-        tail = containers.log_tail(train, 400)
+            out.timings["train_startup_s"] = round(pump.first_step_at - t_handed, 3)
+        tail = containers.log_tail(slot.train, 400)
         out.train_summary = parse_summary(tail.splitlines())
         out.log_tail = _tail(tail)
         export_error = ""
         if t_exit.exit_code == classify.EXPORT_FAILED:
             try:
-                export_error = containers.fetch_file(holder, f"{HOLD_TRAIN}/export_error.txt",
+                export_error = containers.fetch_file(slot.holder, f"{HOLD_TRAIN}/export_error.txt",
                                                      EXPORT_ERROR_BYTES).decode("utf-8", "replace")
             except containers.RefusedFile:
                 pass
@@ -154,28 +138,27 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         # 4. the model, copied out as hostile input, then handed over (an atomic rename: never seen half-written)
         try:
             t_copy = time.monotonic()
-            containers.fetch_file(holder, f"{HOLD_TRAIN}/model.pt2", policy.limits.output_mb << 20, dest=model_part)
-            os.chmod(model_part, 0o444)
-            os.rename(model_part, model_copy)
+            containers.fetch_file(slot.holder, f"{HOLD_TRAIN}/model.pt2", policy.limits.output_mb << 20,
+                                  dest=slot.model_part)
             out.timings["copy_model_s"] = round(time.monotonic() - t_copy, 3)
         except containers.RefusedFile as e:
             return _finish(out, "export_failed", f"train.py exited 0 but its model is unusable: {e}", t0)
 
         # 5. eval (trusted code, hostile model)
+        t_model = slot.hand_over_model()
         if on_phase:
             on_phase("evaluating")
-        t_handed = time.monotonic()
-        e_exit, _ = containers.wait_to_end(waiting, policy.eval.timeout_seconds, since=t_handed)
+        e_exit, _ = containers.wait_to_end(containers.follow(slot.evaluator, None, since=t_model, pump=False),
+                                           policy.eval.timeout_seconds)
         _record(out.timings, "eval", e_exit)
-        out.timings["eval_wait_s"] = round(t_handed - waiting.t0, 3)      # started early, waiting for the model
-        out.timings["eval_wall_s"] = round(e_exit.host_wall_s, 3)          # from the hand-over to its exit
-        eval_tail = containers.log_tail(evaluator, 100)
+        out.timings["eval_wait_s"] = round(t_model - slot.started_at, 3)   # started early, waiting for the model
+        eval_tail = containers.log_tail(slot.evaluator, 100)
 
         # 6. the score: result.json only, validated
         result, result_error = None, ""
         if e_exit.exit_code == 0 and not e_exit.timed_out:
             try:
-                raw = containers.fetch_file(holder, f"{HOLD_EVAL}/result.json", MAX_RESULT_BYTES)
+                raw = containers.fetch_file(slot.holder, f"{HOLD_EVAL}/result.json", MAX_RESULT_BYTES)
                 result = parse_result(raw)
                 (work / "result.json").write_bytes(raw)
             except (containers.RefusedFile, ResultError) as e:
@@ -190,15 +173,12 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
     except (docker.errors.DockerException, requests.exceptions.RequestException, InfraError) as e:
         return _finish(out, "infra", f"the Docker engine failed during the trial: {_one_line(e)}", t0)
     finally:
-        errors = cleanup.remove_containers(reversed(made_containers))
-        if client is not None:
-            errors += cleanup.remove_volumes(client, made_volumes)
-        model_part.unlink(missing_ok=True)
-        if spec.keep_model and model_copy.is_file():
-            os.replace(model_copy, work / "model.pt2")
-        shutil.rmtree(model_dir, ignore_errors=True)
-        if errors and out.status != "infra":
-            out.error = (out.error + "; " if out.error else "") + "cleanup: " + errors[0]
+        if slot is not None:
+            if spec.keep_model and slot.model.is_file():
+                os.replace(slot.model, work / "model.pt2")
+            errors = slot.remove(client)
+            if errors and out.status != "infra":
+                out.error = (out.error + "; " if out.error else "") + "cleanup: " + errors[0]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -210,6 +190,8 @@ def _finish(out: TrialOutcome, status: str, error: str, t0: float) -> TrialOutco
 
 
 def _record(timings: dict, phase: str, ex: containers.Exit) -> None:
+    """The engine's start/finish of the container (it started before its input arrived) and its wall time, and
+    the host's seconds from the hand-over of its input to its exit (`_host_s`: the phase's own time)."""
     timings[f"{phase}_started_at"] = ex.started_at
     timings[f"{phase}_finished_at"] = ex.finished_at
     timings[f"{phase}_wall_s"] = None if ex.wall_s is None else round(ex.wall_s, 3)

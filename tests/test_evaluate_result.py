@@ -192,6 +192,22 @@ def test_the_probe_seed_is_recorded_and_makes_the_probes_reproducible(good, data
     assert c["probes"]["seed"] != 42 and a["val_bpb"] == b["val_bpb"] == c["val_bpb"]
 
 
+def test_the_probe_batch_is_scored_from_its_probe_pass_exactly_as_from_a_pass_of_its_own(good, data):
+    # The evaluator scores eval batch k from the logits of the probes' first pass instead of running it again.
+    from trainer import bpb
+    from trainer.evaluate import probe_batch, read_val
+    _, _, _, token_bytes, layout = read_val(data, 64)
+    program = torch.export.load(str(good)).module()
+    plain = bpb.Tally()
+    with torch.no_grad():
+        for x, y, w in layout.batches(8, token_bytes):
+            plain.add(program(torch.as_tensor(x)), y, w)
+    seeds = [1, 2, 3, 4, 5]
+    assert len({probe_batch(layout, 8, np.random.default_rng(s))[0] for s in seeds}) > 1   # different batches k
+    for s in seeds:
+        assert evaluate(good, data, "tiny", probe_seed=s)["val_bpb"] == plain.bpb
+
+
 def test_the_schema_check_never_raises_on_hostile_values_anywhere(good, data):
     res = evaluate(good, data, "tiny", probe_seed=1)
     rng = np.random.default_rng(0)

@@ -129,8 +129,8 @@ def test_a_runner_killed_mid_trial_resumes_cleanly(tmp_path, trial_image, sandbo
                                 stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
-            while not [c for c in labelled(docker_client, tag, "1") if c.status == "running"
-                       and c.labels.get("autoresearch.role") == "train"]:
+            while not [c for c in labelled(docker_client, tag) if c.status == "running"    # named after the trial
+                       and c.name == f"autoresearch-{tag}-1-train"]:                      # that took its slot
                 assert proc.poll() is None, (tmp_path / "first.log").read_text()
                 assert time.monotonic() < deadline, "trial 1 never started training"
                 time.sleep(0.5)

@@ -30,18 +30,19 @@ def _hardening(image="img:tag", name="n", labels=LABELS, memory="2g", pids=128, 
 def test_train_container_spec_is_exactly_the_hardened_one(tmp_path):
     pol = policy(train={"budget_seconds": 8, "timeout_seconds": 90, "max_steps": 20})
     data = tmp_path / "data"
-    got = spec.train(pol, image="img:tag", name="n", labels=LABELS, train_py=tmp_path / "w" / "train.py",
-                     data_dir=data, out_volume="vol-out", seed=42)
+    got = spec.train(pol, image="img:tag", name="n", labels=LABELS, train_dir=tmp_path / "slot" / "train",
+                     data_dir=data, out_volume="vol-out")
     want = _hardening() | {
-        "command": ["python", "/work/train.py"],
+        "command": ["python", "-m", "trainer.harness.launch", "--wait", "7200"],
         "entrypoint": [],
-        "environment": {
+        "cpu_shares": 2,                                   # waiting: the hand-over raises it
+        "environment": {                                   # the seed comes with the candidate (trial.json)
             "AUTORESEARCH_DATA": "/data", "AUTORESEARCH_OUT": "/out", "AUTORESEARCH_PRESET": "tiny",
-            "AUTORESEARCH_BUDGET_S": "8", "AUTORESEARCH_SEED": "42", "AUTORESEARCH_DEVICE": "cpu",
+            "AUTORESEARCH_BUDGET_S": "8", "AUTORESEARCH_DEVICE": "cpu",
             "AUTORESEARCH_MAX_STEPS": "20", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
         },
         "mounts": [
-            Mount("/work/train.py", str((tmp_path / "w" / "train.py").resolve()), type="bind", read_only=True),
+            Mount("/work", str((tmp_path / "slot" / "train").resolve()), type="bind", read_only=True),
             Mount("/data/train", str((data / "train").resolve()), type="bind", read_only=True),
             Mount("/data/tokenizer", str((data / "tokenizer").resolve()), type="bind", read_only=True),
             Mount("/out", "vol-out", type="volume", read_only=False, no_copy=True),
@@ -51,8 +52,8 @@ def test_train_container_spec_is_exactly_the_hardened_one(tmp_path):
 
 
 def test_train_container_never_sees_validation_data(tmp_path):
-    got = spec.train(policy(), image="i", name="n", labels=LABELS, train_py=tmp_path / "train.py",
-                     data_dir=tmp_path / "data", out_volume="v", seed=1)
+    got = spec.train(policy(), image="i", name="n", labels=LABELS, train_dir=tmp_path / "train",
+                     data_dir=tmp_path / "data", out_volume="v")
     sources = [m["Source"] for m in got["mounts"]]
     targets = [m["Target"] for m in got["mounts"]]
     assert not any("val" in Path(s).name or s.endswith("manifest.json") for s in sources)
@@ -64,7 +65,7 @@ def test_eval_container_spec_mounts_val_and_the_host_model_directory_read_only(t
     data = tmp_path / "data"
     got = spec.evaluate(pol, image="img:tag", name="n", labels=LABELS, model_dir=tmp_path / "model",
                         data_dir=data, out_volume="vol-eval")
-    wait = pol.train.timeout_seconds + pol.eval.timeout_seconds
+    wait = spec.STANDBY_MAX_S + pol.train.timeout_seconds + pol.eval.timeout_seconds
     want = _hardening() | {
         "command": ["python", "-m", "trainer.evaluate", "--model", "/in/model.pt2", "--data", "/data",
                     "--preset", "tiny", "--out", "/out/result.json", "--device", "cpu",
@@ -90,14 +91,14 @@ def test_limits_come_from_the_policy():
     assert got["nano_cpus"] == 1_500_000_000 and got["pids_limit"] == 40
     assert got["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=32m,mode=1777"} and got["shm_size"] == "64m"
     assert got["user"] == "4242:4242"
-    assert spec.train_env(pol, 3)["OMP_NUM_THREADS"] == "1"          # floor of 1.5 cores
+    assert spec.train_env(pol)["OMP_NUM_THREADS"] == "1"          # floor of 1.5 cores
 
 
 def test_no_spec_ever_grants_the_socket_privileges_or_host_namespaces(tmp_path):
     pol = policy()
     specs = [
-        spec.train(pol, image="i", name="n", labels=LABELS, train_py=tmp_path / "t.py", data_dir=tmp_path,
-                   out_volume="v", seed=1),
+        spec.train(pol, image="i", name="n", labels=LABELS, train_dir=tmp_path / "t", data_dir=tmp_path,
+                   out_volume="v"),
         spec.evaluate(pol, image="i", name="n", labels=LABELS, model_dir=tmp_path / "m", data_dir=tmp_path,
                       out_volume="v"),
         spec.holder(pol, image="i", name="n", labels=LABELS, volumes={"/hold/a": "va"}),
@@ -133,8 +134,8 @@ def test_output_volume_is_a_capped_tmpfs_owned_by_the_trial_uid():
 ])
 def test_gpu_policy_becomes_device_requests_and_cuda_env(tmp_path, gpu, want):
     pol = policy(flavour="cuda", gpu=gpu)
-    kw = spec.train(pol, image="i", name="n", labels=LABELS, train_py=tmp_path / "t.py", data_dir=tmp_path,
-                    out_volume="v", seed=1)
+    kw = spec.train(pol, image="i", name="n", labels=LABELS, train_dir=tmp_path / "t", data_dir=tmp_path,
+                    out_volume="v")
     assert kw["device_requests"] == want
     assert kw["environment"]["AUTORESEARCH_DEVICE"] == "cuda"
     ev = spec.evaluate(pol, image="i", name="n", labels=LABELS, model_dir=tmp_path / "m", data_dir=tmp_path,

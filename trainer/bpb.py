@@ -63,17 +63,25 @@ class EvalLayout:
         w = self.weights(token_bytes)
         return int((w > 0).sum()), int(w.sum())
 
+    def n_batches(self, batch_size: int) -> int:
+        return -(-self.n_rows // batch_size)
+
+    def batch(self, i: int, batch_size: int, token_bytes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch i: (inputs (B, T) int64, targets (B, T) int64, weights (B, T) int64), padded with BOS rows."""
+        start = i * batch_size
+        stop = min(start + batch_size, self.n_rows)
+        rows = self.rows[start:stop].astype(np.int64)
+        w = self.weights(token_bytes, start, stop)
+        if stop - start < batch_size:
+            pad = batch_size - (stop - start)
+            rows = np.concatenate([rows, np.full((pad, rows.shape[1]), self.bos_id, np.int64)])
+            w = np.concatenate([w, np.zeros((pad, w.shape[1]), w.dtype)])
+        return rows[:, :-1], rows[:, 1:], w
+
     def batches(self, batch_size: int, token_bytes: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(inputs (B, T) int64, targets (B, T) int64, weights (B, T) int64), the last batch padded with BOS rows."""
-        for start in range(0, self.n_rows, batch_size):
-            stop = min(start + batch_size, self.n_rows)
-            rows = self.rows[start:stop].astype(np.int64)
-            w = self.weights(token_bytes, start, stop)
-            if stop - start < batch_size:
-                pad = batch_size - (stop - start)
-                rows = np.concatenate([rows, np.full((pad, rows.shape[1]), self.bos_id, np.int64)])
-                w = np.concatenate([w, np.zeros((pad, w.shape[1]), w.dtype)])
-            yield rows[:, :-1], rows[:, 1:], w
+        """Every batch in order (see `batch`); the last one padded with BOS rows."""
+        for i in range(self.n_batches(batch_size)):
+            yield self.batch(i, batch_size, token_bytes)
 
 
 def pieces(doc: np.ndarray, row_len: int) -> list[np.ndarray]:
@@ -136,7 +144,10 @@ class Tally:
     bytes: int = 0
 
     def add(self, logits: torch.Tensor, targets: np.ndarray, weights: np.ndarray) -> None:
-        nll = token_nll(logits, torch.as_tensor(targets))
+        self.add_nll(token_nll(logits, torch.as_tensor(targets)), weights)
+
+    def add_nll(self, nll: torch.Tensor, weights: np.ndarray) -> None:
+        """Add a batch whose per-position nll (token_nll) is already computed."""
         w = torch.as_tensor(weights, device=nll.device)
         scored = w > 0
         self.nats += float(nll[scored].sum())

@@ -129,15 +129,21 @@ def start(container, on_line: Callable[[str], None] | None = None, pump: bool = 
     return Started(container, t0, logs)
 
 
-def wait_to_end(started: Started, timeout_s: float, since: float | None = None) -> tuple[Exit, LogPump | None]:
-    """Wait until the container exits, at most timeout_s after `since` (default: its start); kill it after that.
+def follow(container, on_line: Callable[[str], None] | None = None, since: float | None = None,
+           pump: bool = True) -> Started:
+    """Follow a container that is already running (started waiting for its input); `since` (host monotonic clock,
+    default now) is when its input arrived, from which `wait_to_end` counts the timeout. The log pump replays
+    what it printed while it waited."""
+    logs = LogPump(container, on_line).start() if pump else None
+    return Started(container, time.monotonic() if since is None else since, logs)
 
-    host_wall_s is measured from `since` too: for a container started early that waited for its input (the eval
-    container waits for the model), pass the moment the input arrived.
-    """
+
+def wait_to_end(started: Started, timeout_s: float) -> tuple[Exit, LogPump | None]:
+    """Wait until the container exits, at most timeout_s after started.t0 (its start, or with `follow` the moment
+    its input arrived); kill it after that. host_wall_s is measured from started.t0 too."""
     import requests
     container, logs = started.container, started.logs
-    t0 = started.t0 if since is None else since
+    t0 = started.t0
     timed_out = False
     remaining = timeout_s - (time.monotonic() - t0)
     try:

@@ -5,16 +5,20 @@ kwargs. Three containers per trial, all from the pinned trial image, all hardene
 
     holder   `sleep infinity`, mounts the two output volumes read-only. Docker unmounts a tmpfs volume when its
              last container stops, so the holder keeps the outputs alive until the host has copied them out.
-    train    UNTRUSTED code: the candidate's train.py (a read-only copy made by the host), /data/train and
-             /data/tokenizer read-only, /out = a size-capped tmpfs volume. No validation data.
+    train    UNTRUSTED code: the trusted launcher (trainer/harness/launch.py) imports torch, then waits for the
+             host to hand over the candidate's train.py into /work (a host directory, read-only here) and runs
+             it. /data/train and /data/tokenizer read-only, /out = a size-capped tmpfs volume. No validation data.
     eval     trusted code (the evaluator in the image) on a hostile input: /in/model.pt2 (a regular-file copy the
              host made), /data/val, /data/tokenizer, /data/manifest.json read-only, /out = its own capped tmpfs
-             volume. Validation data is mounted here and nowhere else. It starts with the train container and
-             waits: /in is the host's per-trial model directory, read-only here and empty until the host renames
-             its checked copy of the model into it (`--wait-for-model`), so the evaluator's torch import and
-             warm-up overlap training instead of following it. One container per model, as before. Its CPU
-             weight is the lowest there is (cpu_shares 2, against 1024 for the train container), so while both
-             run the training loses no CPU to it; once the training has ended it runs alone at full speed.
+             volume. Validation data is mounted here and nowhere else. /in is the host's model directory,
+             read-only here and empty until the host renames its checked copy of the model into it
+             (`--wait-for-model`).
+
+Both the train and the eval container start before their input exists (runner/sandbox/slot.py: the next
+trial's containers start while the current one trains), so their imports and warm-up are off the critical path.
+While they wait they have the lowest CPU weight there is (cpu_shares 2, against 1024 for a running trial), so
+they take no CPU from a training; the host raises the weight to the default when it hands their input over.
+One train and one eval container per trial, as before.
 
 Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
 no-new-privileges, a non-root uid:gid, pids/memory(=memory+swap)/CPU limits, init, capped json-file logs, no core
@@ -34,9 +38,11 @@ LOG_MAX_SIZE = "10m"
 OUT_INODES = 4096                 # files the output tmpfs may hold
 HOLDER_MEMORY = "64m"
 HOLDER_PIDS = 16
-EVAL_CPU_SHARES = 2               # the lowest CPU weight: the waiting evaluator never competes with training
+WAITING_CPU_SHARES = 2            # the lowest CPU weight: a container waiting for its input never competes
+RUNNING_CPU_SHARES = 1024         # the engine's default weight, given at the hand-over
+STANDBY_MAX_S = 7200              # the longest a started container waits for its input (its own backstop)
 
-TRAIN_SCRIPT = "/work/train.py"
+TRAIN_DIR = "/work"
 MODEL_DIR = "/in"
 MODEL_IN = f"{MODEL_DIR}/model.pt2"
 DATA = "/data"
@@ -130,13 +136,13 @@ def holder(policy, *, image: str, name: str, labels: dict[str, str], volumes: di
     return kwargs
 
 
-def train_env(policy, seed: int) -> dict[str, str]:
+def train_env(policy) -> dict[str, str]:
+    """The train container's environment; the seed is the trial's and comes with the candidate (launch.py)."""
     env = {
         "AUTORESEARCH_DATA": DATA,
         "AUTORESEARCH_OUT": OUT,
         "AUTORESEARCH_PRESET": policy.preset,
         "AUTORESEARCH_BUDGET_S": f"{policy.train.budget_seconds:g}",
-        "AUTORESEARCH_SEED": str(int(seed)),
         "AUTORESEARCH_DEVICE": "cuda" if policy.wants_gpu else "cpu",
         "OMP_NUM_THREADS": str(threads(policy)),
         "MKL_NUM_THREADS": str(threads(policy)),
@@ -146,17 +152,23 @@ def train_env(policy, seed: int) -> dict[str, str]:
     return env
 
 
-def train(policy, *, image: str, name: str, labels: dict[str, str], train_py: Path, data_dir: Path,
-          out_volume: str, seed: int) -> dict:
-    """The untrusted phase: python /work/train.py with the train split only."""
+def train_command() -> list[str]:
+    return ["python", "-m", "trainer.harness.launch", "--wait", f"{STANDBY_MAX_S:g}"]
+
+
+def train(policy, *, image: str, name: str, labels: dict[str, str], train_dir: Path, data_dir: Path,
+          out_volume: str) -> dict:
+    """The untrusted phase: the launcher, waiting for the host to put train.py (and trial.json) into train_dir
+    (mounted read-only at /work), with the train split only."""
     data_dir = Path(data_dir)
     kwargs = hardening(policy, image=image, name=name, labels=labels)
     kwargs.update(
-        command=["python", TRAIN_SCRIPT],
+        command=train_command(),
         entrypoint=[],
-        environment=train_env(policy, seed),
+        cpu_shares=WAITING_CPU_SHARES,
+        environment=train_env(policy),
         mounts=[
-            _ro_bind(train_py, TRAIN_SCRIPT),
+            _ro_bind(train_dir, TRAIN_DIR),
             _ro_bind(data_dir / "train", f"{DATA}/train"),
             _ro_bind(data_dir / "tokenizer", f"{DATA}/tokenizer"),
             _out_mount(out_volume),
@@ -166,7 +178,7 @@ def train(policy, *, image: str, name: str, labels: dict[str, str], train_py: Pa
 
 
 def eval_command(policy) -> list[str]:
-    wait = policy.train.timeout_seconds + policy.eval.timeout_seconds   # a backstop: the host kills it sooner
+    wait = STANDBY_MAX_S + policy.train.timeout_seconds + policy.eval.timeout_seconds   # a backstop only
     return ["python", "-m", "trainer.evaluate", "--model", MODEL_IN, "--data", DATA, "--preset", policy.preset,
             "--out", f"{OUT}/result.json", "--device", "cuda" if policy.wants_gpu else "cpu",
             "--wait-for-model", f"{wait:g}"]
@@ -181,7 +193,7 @@ def evaluate(policy, *, image: str, name: str, labels: dict[str, str], model_dir
     kwargs.update(
         command=eval_command(policy),
         entrypoint=[],
-        cpu_shares=EVAL_CPU_SHARES,
+        cpu_shares=WAITING_CPU_SHARES,
         environment={"OMP_NUM_THREADS": str(threads(policy)), "MKL_NUM_THREADS": str(threads(policy))},
         mounts=[
             _ro_bind(model_dir, MODEL_DIR),

@@ -55,9 +55,9 @@ def export_model(model: torch.nn.Module, *, batch_size: int, seq_len: int, vocab
     try:
         with torch.no_grad():
             program = torch.export.export(_LogitsOnly(model), (idx,))
-            out = program.module()(idx)
     finally:
         model.train(was_training)
+    out = _traced_output(program)
     if not isinstance(out, torch.Tensor):
         raise ExportError(f"the model must return one logits tensor, got {type(out).__name__}")
     if tuple(out.shape) != want:
@@ -73,6 +73,15 @@ def export_model(model: torch.nn.Module, *, batch_size: int, seq_len: int, vocab
     finally:
         tmp.unlink(missing_ok=True)
     return final
+
+
+def _traced_output(program):
+    """What the exported program returns, as traced (a fake tensor with the real shape and dtype): the check needs
+    no forward pass over the real weights (that took ~0.2 s after every training on a CPU)."""
+    outputs = [n for n in program.graph.nodes if n.op == "output"][0].args[0]
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != 1:
+        return outputs
+    return getattr(outputs[0], "meta", {}).get("val")
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

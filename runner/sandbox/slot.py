@@ -1,0 +1,213 @@
+"""A slot: one trial's containers, started before its inputs exist, and the hand-overs that feed them. TRUSTED CODE.
+
+Why: a train container spends about 2.3 s between its start and its first training step (the engine starts it,
+Python imports torch and torch._dynamo), and an eval container about 1.5 s before it can load a model. In a loop
+of 60 s trials that is several percent of the machine's time. A run therefore starts the next trial's slot while
+the current trial trains (`Standby`): the containers do that work in CPU time the training leaves idle, at the
+lowest CPU weight (runner/sandbox/spec.py), and wait.
+
+    slot = open_slot(client, policy, image=..., data_dir=..., run_tag=..., slot_id=..., dir=...)
+    slot.hand_over_candidate(train_py, seed)     # trial.json, then train.py, renamed into dir/train (= /work)
+    slot.hand_over_model(part)                   # model.pt2 renamed into dir/model (= the eval container's /in)
+    slot.remove()                                # containers, volumes and dir; returns errors as strings
+
+    standby = Standby(policy, image=..., data_dir=..., run_tag=..., base_dir=...)   # one per run
+    standby.take(policy, image, data_dir)        # the waiting slot if it fits and is still alive, else None
+    standby.prepare(client)                      # start the next trial's slot (called while a trial trains)
+    standby.close()                              # remove a slot nobody took (the run is over)
+
+A hand-over first raises the container's CPU weight to the default, then renames a finished, read-only file into
+a directory the container sees read-only: the container never sees a half-written input, and nothing it does
+can change what the host handed over. A slot's containers are hardened exactly like a trial's (they are the
+trial's): the candidate is untrusted from the moment it is handed over, and before that there is nothing of it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cleanup, spec as cspec
+
+HOLD_TRAIN, HOLD_EVAL = "/hold/train", "/hold/eval"
+EVAL_OUT_MB = 16                      # result.json is small; the eval /out volume is capped at this
+TAKE_MARGIN_S = 600                   # a standby slot older than STANDBY_MAX_S minus this is not taken
+
+
+@dataclass
+class Slot:
+    id: str
+    dir: Path                         # host side: dir/train is the train container's /work, dir/model the eval's /in
+    key: tuple                        # what it was made for (image, policy hash, data dir)
+    holder: object = None
+    train: object = None
+    evaluator: object = None
+    volumes: list[str] = field(default_factory=list)
+    started_at: float = 0.0           # host monotonic clock: when its containers were started
+
+    @property
+    def train_dir(self) -> Path:
+        return self.dir / "train"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def model_part(self) -> Path:
+        return self.dir / "model.pt2.part"
+
+    @property
+    def model(self) -> Path:
+        return self.model_dir / "model.pt2"
+
+    def containers(self) -> list:
+        return [c for c in (self.evaluator, self.train, self.holder) if c is not None]
+
+    def alive(self) -> bool:
+        """Both waiting containers still run (a standby slot can die: its backstop, an engine restart)."""
+        import docker.errors
+        try:
+            for c in (self.train, self.evaluator):
+                c.reload()
+                if c.status != "running":
+                    return False
+        except docker.errors.DockerException:
+            return False
+        return True
+
+    def hand_over_candidate(self, train_py: Path, seed: int) -> float:
+        """Give the train container its weight and the candidate; returns the host monotonic time of the hand-over."""
+        self.train.update(cpu_shares=cspec.RUNNING_CPU_SHARES)
+        _place(self.train_dir, "trial.json", json.dumps({"seed": int(seed)}).encode())
+        _place(self.train_dir, "train.py", Path(train_py).read_bytes())     # last: the launcher waits for it
+        return time.monotonic()
+
+    def hand_over_model(self) -> float:
+        """Rename the checked copy at model_part into the eval container's /in; returns the hand-over time."""
+        self.evaluator.update(cpu_shares=cspec.RUNNING_CPU_SHARES)
+        os.chmod(self.model_part, 0o444)
+        os.rename(self.model_part, self.model)
+        return time.monotonic()
+
+    def name_after(self, run_tag: str, trial_id: str) -> None:
+        """Rename the containers after the trial that took the slot (what `docker ps` shows); their labels keep the
+        slot's id. A name still taken (a leftover) keeps the slot's name: this is cosmetic."""
+        import docker.errors
+        if self.id == trial_id:
+            return
+        for role, c in (("train", self.train), ("eval", self.evaluator), ("holder", self.holder)):
+            try:
+                c.rename(cspec.name(run_tag, trial_id, role))
+            except docker.errors.APIError:
+                pass
+
+    def remove(self, client=None) -> list[str]:
+        """Remove the containers (killing them), the volumes and the host directory; the errors, if any."""
+        errors = cleanup.remove_containers(self.containers())
+        if client is not None:
+            errors += cleanup.remove_volumes(client, self.volumes)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return errors
+
+
+def slot_key(policy, image: str, data_dir: Path) -> tuple:
+    return (image, policy.sha256(), str(Path(data_dir).resolve()))
+
+
+def open_slot(client, policy, *, image: str, data_dir: Path, run_tag: str, slot_id: str, dir: Path) -> Slot:
+    """Create and start a trial's holder, train and eval containers, waiting for their inputs. Whatever was made
+    is removed again if this fails (the engine's exception propagates)."""
+    names = {role: cspec.name(run_tag, slot_id, role) for role in ("holder", "train", "eval", "train-out", "eval-out")}
+    labels = {role: cspec.labels(run_tag, slot_id, role) for role in names}
+    slot = Slot(id=slot_id, dir=Path(dir), key=slot_key(policy, image, data_dir))
+    try:
+        shutil.rmtree(slot.dir, ignore_errors=True)
+        for d in (slot.train_dir, slot.model_dir):
+            d.mkdir(parents=True)
+            os.chmod(d, 0o755)                        # readable by the trial uid whatever the umask
+        sizes = {"train-out": policy.limits.output_mb, "eval-out": min(EVAL_OUT_MB, policy.limits.output_mb)}
+        for role, size in sizes.items():
+            client.volumes.create(**cspec.output_volume(policy, name=names[role], labels=labels[role], size_mb=size))
+            slot.volumes.append(names[role])
+        slot.holder = client.containers.create(**cspec.holder(
+            policy, image=image, name=names["holder"], labels=labels["holder"],
+            volumes={HOLD_TRAIN: names["train-out"], HOLD_EVAL: names["eval-out"]}))
+        slot.train = client.containers.create(**cspec.train(
+            policy, image=image, name=names["train"], labels=labels["train"], train_dir=slot.train_dir,
+            data_dir=Path(data_dir), out_volume=names["train-out"]))
+        slot.evaluator = client.containers.create(**cspec.evaluate(
+            policy, image=image, name=names["eval"], labels=labels["eval"], model_dir=slot.model_dir,
+            data_dir=Path(data_dir), out_volume=names["eval-out"]))
+        slot.started_at = time.monotonic()
+        for c in (slot.holder, slot.train, slot.evaluator):
+            c.start()
+        return slot
+    except BaseException:
+        slot.remove(client)
+        raise
+
+
+class Standby:
+    """At most one slot started ahead for the next trial of a run. Not thread-safe: the run's own thread uses it."""
+
+    def __init__(self, policy, *, image: str, data_dir: Path, run_tag: str, base_dir: Path):
+        self.policy, self.image, self.data_dir, self.run_tag = policy, image, Path(data_dir), run_tag
+        self.base_dir = Path(base_dir)
+        self.key = slot_key(policy, image, data_dir)
+        self.slot: Slot | None = None
+        self._client = None
+        shutil.rmtree(self.base_dir, ignore_errors=True)    # slot dirs a dead run left behind
+
+    def take(self, policy, image: str, data_dir: Path) -> Slot | None:
+        """The waiting slot, if it was made for these and is still alive and young enough; else None."""
+        slot, self.slot = self.slot, None
+        if slot is None:
+            return None
+        fits = slot.key == slot_key(policy, image, data_dir)
+        young = time.monotonic() - slot.started_at < cspec.STANDBY_MAX_S - TAKE_MARGIN_S
+        if fits and young and slot.alive():
+            return slot
+        slot.remove(self._client)
+        return None
+
+    def prepare(self, client) -> None:
+        """Start the next trial's slot unless one waits already. An engine failure leaves none (the next trial
+        then makes its own, and reports the failure if it persists)."""
+        import docker.errors
+        import requests
+        if self.slot is not None:
+            return
+        self._client = client
+        slot_id = f"next-{secrets.token_hex(4)}"
+        try:
+            self.slot = open_slot(client, self.policy, image=self.image, data_dir=self.data_dir,
+                                  run_tag=self.run_tag, slot_id=slot_id, dir=self.base_dir / slot_id)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            self.slot = None
+
+    def close(self) -> list[str]:
+        """Remove the slot nobody took. Best effort: an engine that is gone leaves it to the next start's cleanup."""
+        slot, self.slot = self.slot, None
+        if slot is None:
+            return []
+        try:
+            return slot.remove(self._client)
+        except Exception as e:  # noqa: BLE001 - runs in a finally; must not hide the error that ended the run
+            shutil.rmtree(slot.dir, ignore_errors=True)
+            return [f"slot {slot.id}: {e}"]
+
+
+def _place(directory: Path, name: str, data: bytes) -> None:
+    """Write data to directory/name atomically and read-only (a finished file appears under its name at once)."""
+    part = directory / f".{name}.part"
+    part.unlink(missing_ok=True)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(part, 0o444)
+    os.rename(part, directory / name)

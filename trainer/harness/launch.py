@@ -1,0 +1,172 @@
+"""The train container's command: get ready, wait for the candidate's train.py, run it. TRUSTED CODE, baked into the
+trial image; not the agent's to edit (it is not part of the candidate and is never mounted from the host).
+
+    python -m trainer.harness.launch --wait S [--dir /work] [--no-warm-up]
+
+1. Get ready: import what every train.py needs and what costs seconds (torch, torch._dynamo, which torch.optim
+   and torch.export pull in: about 1 s of a CPU, torch.export, numpy, yaml, the harness), then export a tiny
+   model on the CPU through the harness's own export path, once (torch.export's first call spends ~0.3 s on
+   one-time setup that would otherwise come after the training budget). The runner starts the next trial's
+   train container while the current trial trains, at the lowest CPU weight, so this happens in CPU time the
+   training leaves idle and not on the next trial's critical path. No CUDA context is made here.
+2. Wait up to S seconds for the host to hand over the candidate: it renames /work/trial.json (the trial's seed)
+   and then /work/train.py into the read-only /work directory. Exit 3 with one line if it never comes.
+3. Run /work/train.py as __main__, as `python /work/train.py` would (sys.argv, sys.path[0], __file__), with the
+   seed in AUTORESEARCH_SEED. The exit status is the one Python would give: 0, sys.exit's code, or 1 after the
+   traceback of an uncaught exception.
+4. End the process with os._exit, after atexit handlers have run, non-daemon threads have ended and output is
+   flushed. Python's own teardown of ~2,000 modules takes 0.3-0.7 s with torch._dynamo loaded; the runner
+   waits for the container's exit before the model can be scored.
+
+It gives train.py nothing it would not have anyway: the same process, user, files and environment (plus the
+seed, which the harness would otherwise read from the container's environment). Nothing here is trusted for the
+score: the evaluator recomputes it in another container from the exported model alone.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+WORK = Path("/work")                               # the host's hand-over directory, read-only here
+NO_CANDIDATE = 3                                   # the exit status when no train.py was handed over in time
+POLL_S = 0.02
+
+
+def get_ready() -> None:
+    """Import the heavy modules every train.py uses (the import system caches them for train.py's own imports)."""
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    import torch.export  # noqa: F401
+    import yaml  # noqa: F401
+
+    import trainer.harness  # noqa: F401
+    warm_up_export()
+
+
+def warm_up_export() -> None:
+    """Export a tiny trusted model (embedding, attention, MLP, norm: the ops of a small GPT) into /tmp and delete it."""
+    import tempfile
+
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.harness.export import export_model
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, vocab: int = 16, dim: int = 8):
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, dim)
+            self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
+            self.mlp = torch.nn.Linear(dim, dim, bias=False)
+            self.head = torch.nn.Linear(dim, vocab, bias=False)
+
+        def forward(self, idx):
+            x = F.rms_norm(self.emb(idx), (x_dim := self.emb.embedding_dim,))
+            q, k, v = self.qkv(x).view(idx.shape[0], idx.shape[1], 3, 2, x_dim // 2).unbind(2)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            x = x + y.transpose(1, 2).reshape(x.shape)
+            x = x + self.mlp(F.relu(x).square())
+            return self.head(F.rms_norm(x, (x_dim,))).float()
+
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="warm-up-") as tmp:
+        export_model(Tiny(), batch_size=2, seq_len=4, vocab_size=16, device="cpu", out_dir=tmp)
+
+
+def wait_for(path: Path, wait_s: float, poll_s: float = POLL_S) -> bool:
+    """True once `path` exists, False after wait_s seconds."""
+    deadline = time.monotonic() + wait_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def read_seed(path: Path) -> int:
+    """The trial's seed from the host's trial.json: {"seed": <int >= 0>}."""
+    data = json.loads(path.read_text())
+    seed = data.get("seed") if isinstance(data, dict) else None
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{path} must hold a non-negative integer seed, got {seed!r}")
+    return seed
+
+
+def exit_status(e: SystemExit) -> int:
+    """The process status Python gives for an uncaught SystemExit (printing a non-integer code, as Python does)."""
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_script(path: Path) -> int:
+    """Run `path` as __main__ in this process; the exit status Python would give it."""
+    import runpy
+    sys.argv = [str(path)]
+    sys.path[0] = str(path.parent)
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+        return 0
+    except SystemExit as e:
+        return exit_status(e)
+    except BaseException:  # noqa: BLE001 - the script's uncaught exception: Python prints it and exits 1
+        etype, value, tb = sys.exc_info()
+        try:
+            sys.excepthook(etype, value, tb)
+        except Exception:  # noqa: BLE001 - a broken excepthook: print it the default way
+            traceback.print_exception(etype, value, tb)
+        return 1
+
+
+def finish(status: int) -> None:
+    """What Python does at exit that a script can observe (threads, atexit, flushed output), then os._exit."""
+    main = threading.main_thread()
+    for t in threading.enumerate():
+        if t is not main and not t.daemon:
+            t.join()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed or replaced stream
+                pass
+        os._exit(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.harness.launch", description=__doc__.split("\n")[0])
+    ap.add_argument("--wait", type=float, required=True, metavar="S",
+                    help="seconds to wait for the host to hand over train.py")
+    ap.add_argument("--dir", type=Path, default=WORK, help=f"the hand-over directory (default {WORK})")
+    ap.add_argument("--no-warm-up", action="store_true", help="skip the imports and the warm-up export (tests)")
+    args = ap.parse_args(argv)
+    if not args.no_warm_up:
+        get_ready()
+    train_py = args.dir / "train.py"
+    if not wait_for(train_py, args.wait):
+        print(f"launch: no train.py was handed over at {train_py} within {args.wait:g} s; the runner hands it "
+              "over when the trial starts", file=sys.stderr)
+        return NO_CANDIDATE
+    try:
+        os.environ["AUTORESEARCH_SEED"] = str(read_seed(args.dir / "trial.json"))
+    except (OSError, ValueError) as e:
+        print(f"launch: cannot read the trial's seed: {e}", file=sys.stderr)
+        return NO_CANDIDATE
+    return run_script(train_py)
+
+
+if __name__ == "__main__":
+    finish(main())
