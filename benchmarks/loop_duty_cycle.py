@@ -3,8 +3,8 @@
 For each trial of a real run (real git, real containers), the share of its wall time spent inside the training
 budget (train.py's own `training_seconds`) versus everything else: proposal, patch check, git, container start
 (taking or making the trial's containers, then hand-over -> first step), the rest of the train container (the
-last step, export, exit), eval (model hand-over -> exit), bookkeeping (ledger, report, the gap to the next trial). Then the best val_bpb after the run's trials versus the baseline, as a %
-improvement. Prints markdown tables (for docs/benchmarks.md).
+last step, export, exit), eval (model hand-over -> exit), bookkeeping (ledger, report, the gap to the next
+trial). Then the best val_bpb after the run's trials versus the baseline, as a % improvement. Prints markdown tables (for docs/benchmarks.md).
 
     python benchmarks/loop_duty_cycle.py                       # 10 trials at a 60 s budget, `cpu` preset
     python benchmarks/loop_duty_cycle.py --trials 20 --budget 60 --data DIR --keep runs-dir
@@ -61,8 +61,8 @@ def phases(r: TrialRecord, wall: float) -> dict:
 
 
 def table(records: list[TrialRecord]) -> tuple[str, float, float]:
-    rows = ["| trial | status | wall s | training s | in budget | proposal+git s | container start s | "
-            "train rest s | eval s | other s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| trial | status | wall s | training s | steps | in budget | proposal+git s | container start s | "
+            "train rest s | eval s | other s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     tot_wall = tot_train = 0.0
     for i, r in enumerate(records):
         nxt = records[i + 1].started_at if i + 1 < len(records) else r.finished_at
@@ -70,8 +70,9 @@ def table(records: list[TrialRecord]) -> tuple[str, float, float]:
         if r.kind == "candidate":
             tot_wall += p["wall"]
             tot_train += p["training"]
+        steps = "-" if r.num_steps is None else r.num_steps
         rows.append(f"| {r.trial}{' (baseline)' if r.kind == 'baseline' else ''} | {r.status} | {p['wall']:.1f} | "
-                    f"{p['training']:.1f} | {p['share']:.1f}% | {p['proposal+git']:.2f} | {p['start']:.1f} | "
+                    f"{p['training']:.1f} | {steps} | {p['share']:.1f}% | {p['proposal+git']:.2f} | {p['start']:.1f} | "
                     f"{p['train_rest']:.1f} | {p['eval']:.1f} | {p['other']:.1f} |")
     return "\n".join(rows), tot_wall, tot_train
 
@@ -122,8 +123,7 @@ def main(argv=None) -> int:
               f"{c.get('discard', 0)} | {failed} |")
         return 0
     finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)          # the prepared data; with --keep the repo is elsewhere
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_a_uniform_model_pays_log2_vocab_on_every_token_of_every_part(data, tmp_
             count[p] = count.get(p, 0) + 1
     assert set(bits) == set(count)
     for part, n in count.items():
-        assert bits[part] == pytest.approx(n * math.log2(vocab), rel=1e-9), part
+        assert bits[part] == pytest.approx(n * math.log2(vocab), rel=1e-7), part   # float32 log-sum-exp
 
 
 def test_it_refuses_data_of_another_grammar(data, tmp_path):
