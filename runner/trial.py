@@ -15,7 +15,8 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
                    it into the eval container's read-only model directory: the hand-over
       5. eval      the evaluator scores that copy (hard timeout counted from the hand-over)
       6. result    copy out result.json, validate it (runner.result), classify (runner.sandbox.classify)
-      finally      remove the slot's containers, volumes and directory (the model is kept if spec.keep_model)
+      finally      remove the slot's containers, volumes and directory (the model is kept if spec.keep_model);
+                   a run's standby does it on a background thread
 
 Engine and image failures give status `infra` (never blamed on the candidate); a bad data directory is the
 user's to fix and raises UserError before anything starts.
@@ -176,9 +177,12 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         if slot is not None:
             if spec.keep_model and slot.model.is_file():
                 os.replace(slot.model, work / "model.pt2")
-            errors = slot.remove(client)
-            if errors and out.status != "infra":
-                out.error = (out.error + "; " if out.error else "") + "cleanup: " + errors[0]
+            if spec.standby:                                 # removed on a background thread; the run waits
+                spec.standby.discard(slot, client)
+            else:
+                errors = slot.remove(client)
+                if errors and out.status != "infra":
+                    out.error = (out.error + "; " if out.error else "") + "cleanup: " + errors[0]
 
 
 # --------------------------------------------------------------------------- helpers

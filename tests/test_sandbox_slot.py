@@ -58,7 +58,6 @@ def test_the_next_trial_runs_in_the_slot_started_during_this_one_with_its_own_se
         assert seen_while_scoring == [spec.RUNNING_CPU_SHARES, spec.RUNNING_CPU_SHARES,    # raised at the hand-overs
                                       spec.name(tag, "2nd", "train")]                     # named after the trial
         assert second.val_bpb == first.val_bpb                   # same candidate, same seed, same steps: same score
-        assert not (tmp_path / "slots" / waiting.id).exists()    # the trial removed its slot
 
         third = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=12)
         assert third.status == "ok" and third.timings["slot_prestarted"] is True
