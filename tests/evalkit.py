@@ -194,6 +194,18 @@ class NaNs(nn.Module):
         return F.embedding(idx, self.table) / 0.0 * 0.0
 
 
+class NaNOnPadding(nn.Module):
+    """A bigram model whose logits are NaN for all-BOS rows: only the padding rows of the last eval batch."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(vocab, vocab))
+
+    def forward(self, idx):
+        pad = (idx == BOS).all(dim=1)
+        return F.embedding(idx, self.table) + torch.where(pad, float("nan"), 0.0)[:, None, None]
+
+
 def log2_uniform_bpb(vocab: int, tokens: int, n_bytes: int) -> float:
     return math.log2(vocab) * tokens / n_bytes
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ import torch
 import evalkit as K
 from trainer.evaluate import evaluate
 from trainer.program import InvalidModel, load_program, sanitize_archive
+
+REPO = Path(__file__).resolve().parent.parent
 
 VOCAB = 30
 
@@ -234,3 +237,13 @@ def test_the_warm_up_model_passes_every_check_of_the_real_loader():
     # the full loading cost after training again (and only a line on stderr would say so).
     from trainer import program
     program.warm_up()
+    program.load_archive(program.warm_up_archive(), 2, 4, 16, "cpu")
+
+
+def test_the_image_build_writes_a_warm_up_archive_the_loader_accepts(tmp_path):
+    dest = tmp_path / "warm_up.pt2"
+    p = subprocess.run([sys.executable, "-m", "trainer.program", "--write-warm-up", str(dest)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    from trainer import program
+    program.load_archive(dest.read_bytes(), 2, 4, 16, "cpu")

@@ -126,6 +126,19 @@ def test_a_model_exported_at_another_shape_than_the_trusted_preset_is_invalid(da
     assert res["status"] == "invalid_model" and "expected idx (8, 64)" in res["error"]
 
 
+def test_non_finite_logits_in_a_scored_batch_that_no_probe_saw_make_an_invalid_model(tmp_path):
+    from trainer.evaluate import read_val
+    rng = np.random.default_rng(3)
+    for n_docs in range(20, 60):                 # val data whose last eval batch is padded with all-BOS rows
+        d = K.make_data(tmp_path / f"d{n_docs}", K.random_docs(rng, n_docs, VOCAB, hi=90), VOCAB)
+        layout = read_val(d, 64)[4]
+        if layout.n_rows % 8:
+            break
+    res = evaluate(K.export(K.NaNOnPadding(VOCAB), tmp_path / "m.pt2", 8, 64), d, "tiny", probe_seed=0)
+    assert res["status"] == "invalid_model" and res["val_bpb"] is None
+    assert f"non-finite logits (NaN, inf, or -inf at a target) in eval batch {layout.n_batches(8)}/" in res["error"]
+
+
 def test_an_invalid_or_corrupt_model_file_still_gets_a_result_and_exit_0_without_a_traceback(data, tmp_path):
     junk = tmp_path / "model.pt2"
     junk.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)

@@ -285,9 +285,12 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
                 tally.add_nll(nll_k, w)
                 continue
             logits = forward(torch.as_tensor(x).to(device), f"eval batch {i + 1}/{n_batches}")
-            if not torch.isfinite(logits).all():
-                raise InvalidModel(f"model gives non-finite logits (NaN or inf) in eval batch {i + 1}/{n_batches}")
-            tally.add(logits, y, w)
+            nll = bpb.token_nll(logits, torch.as_tensor(y))      # NaN or +inf anywhere in a row makes it non-finite
+            del logits
+            if not torch.isfinite(nll).all():
+                raise InvalidModel(f"model gives non-finite logits (NaN, inf, or -inf at a target) in eval batch "
+                                   f"{i + 1}/{n_batches}")
+            tally.add_nll(nll, w)
     except InvalidModel as e:
         res["timings"]["eval_s"] = round(time.perf_counter() - t3, 4)
         return finish("invalid_model", str(e))

@@ -55,6 +55,7 @@ import re
 import stat
 import warnings
 import zipfile
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -450,14 +451,25 @@ class _WarmUp(torch.nn.Module):
         return self.head(torch.nn.functional.rms_norm(h, (h.shape[-1],)))
 
 
-def warm_up() -> None:
-    """Pay the loader's one-time costs (lazy imports of torch.export, torch._dynamo and the decomposition tables)
-    on a tiny trusted model, before the untrusted one exists: export it, then send it through the same sanitize,
-    load and check steps as a real model. On CPU, whatever the eval device (no CUDA context is made here)."""
+WARM_UP_ARCHIVE = Path(__file__).resolve().parent / "warm_up.pt2"   # written into the trial image when it is built
+
+
+def warm_up_archive() -> bytes:
+    """The tiny trusted model, exported and saved as torch.export.save would (the bytes of a .pt2)."""
     ep = torch.export.export(_WarmUp().eval(), (torch.zeros(2, 4, dtype=torch.int64),))
     buf = io.BytesIO()
     torch.export.save(ep, buf)
-    load_archive(buf.getvalue(), 2, 4, 16, "cpu")
+    return buf.getvalue()
+
+
+def warm_up() -> None:
+    """Pay the loader's one-time costs (lazy imports of torch.export, torch._dynamo and the decomposition tables)
+    on a tiny trusted model, before the untrusted one exists: send it through the same sanitize, load and check
+    steps as a real model. The trial image carries the model's archive (made at build time: `python -m
+    trainer.program --write-warm-up PATH`); elsewhere it is exported here. On CPU, whatever the eval device (no
+    CUDA context is made here)."""
+    raw = WARM_UP_ARCHIVE.read_bytes() if WARM_UP_ARCHIVE.is_file() else warm_up_archive()
+    load_archive(raw, 2, 4, 16, "cpu")
 
 
 def load_program(path: str | os.PathLike, batch: int, seq_len: int, vocab_size: int, device: str = "cpu",
@@ -487,3 +499,14 @@ def load_archive(raw: bytes, batch: int, seq_len: int, vocab_size: int, device: 
         raise _fail(f"torch could not load the checked program ({type(e).__name__}: {e}); "
                     "export it with torch.export.save from the same torch version")
     return check_program(ep, batch, seq_len, vocab_size, device)
+
+
+if __name__ == "__main__":          # image build: python -m trainer.program --write-warm-up PATH
+    import argparse
+    import sys
+    ap = argparse.ArgumentParser(prog="python -m trainer.program")
+    ap.add_argument("--write-warm-up", type=Path, required=True, metavar="PATH", help="write the warm-up archive")
+    dest = ap.parse_args().write_warm_up
+    dest.write_bytes(warm_up_archive())
+    load_archive(dest.read_bytes(), 2, 4, 16, "cpu")       # the loader must accept it, or the build fails
+    sys.exit(0)
