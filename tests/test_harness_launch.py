@@ -107,5 +107,8 @@ def test_a_bad_seed_file_is_refused_with_one_line(tmp_path):
     assert "cannot read the trial's seed" in err and len(err.strip().splitlines()) == 1
 
 
-def test_the_warm_up_export_goes_through_the_harness_export_path():
-    launch.warm_up_export()                     # raises if the tiny model no longer exports as the harness needs
+def test_getting_ready_imports_what_train_py_needs():
+    code = ("import sys; from trainer.harness import launch; launch.get_ready(); "
+            "print(all(m in sys.modules for m in ('torch', 'torch._dynamo', 'torch.export', 'trainer.harness')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.stdout.strip() == "True", p.stderr

@@ -3,12 +3,12 @@ trial image; not the agent's to edit (it is not part of the candidate and is nev
 
     python -m trainer.harness.launch --wait S [--dir /work] [--no-warm-up]
 
-1. Get ready: import what every train.py needs and what costs seconds (torch, torch._dynamo, which torch.optim
-   and torch.export pull in: about 1 s of a CPU, torch.export, numpy, yaml, the harness), then export a tiny
-   model on the CPU through the harness's own export path, once (torch.export's first call spends ~0.3 s on
-   one-time setup that would otherwise come after the training budget). The runner starts the next trial's
-   train container while the current trial trains, at the lowest CPU weight, so this happens in CPU time the
-   training leaves idle and not on the next trial's critical path. No CUDA context is made here.
+1. Get ready: import what every train.py needs and what costs seconds: torch, torch._dynamo (torch.optim and
+   torch.export pull it in: about 1 s of a CPU), torch.export, numpy, yaml and the harness. The runner starts the
+   next trial's train container while the current trial trains, at the lowest CPU weight, so this happens in CPU
+   time the training leaves idle, not on the next trial's critical path. No CUDA context is made here. (A
+   warm-up `torch.export` of a tiny model was tried here too: it made the export after training ~0.3 s faster,
+   but the training that followed in the same process ran ~8% fewer steps, so it is not done.)
 2. Wait up to S seconds for the host to hand over the candidate: it renames /work/trial.json (the trial's seed)
    and then /work/train.py into the read-only /work directory. Exit 3 with one line if it never comes.
 3. Run /work/train.py as __main__, as `python /work/train.py` would (sys.argv, sys.path[0], __file__), with the
@@ -48,36 +48,6 @@ def get_ready() -> None:
     import yaml  # noqa: F401
 
     import trainer.harness  # noqa: F401
-    warm_up_export()
-
-
-def warm_up_export() -> None:
-    """Export a tiny trusted model (embedding, attention, MLP, norm: the ops of a small GPT) into /tmp and delete it."""
-    import tempfile
-
-    import torch
-    import torch.nn.functional as F
-
-    from trainer.harness.export import export_model
-
-    class Tiny(torch.nn.Module):
-        def __init__(self, vocab: int = 16, dim: int = 8):
-            super().__init__()
-            self.emb = torch.nn.Embedding(vocab, dim)
-            self.qkv = torch.nn.Linear(dim, 3 * dim, bias=False)
-            self.mlp = torch.nn.Linear(dim, dim, bias=False)
-            self.head = torch.nn.Linear(dim, vocab, bias=False)
-
-        def forward(self, idx):
-            x = F.rms_norm(self.emb(idx), (x_dim := self.emb.embedding_dim,))
-            q, k, v = self.qkv(x).view(idx.shape[0], idx.shape[1], 3, 2, x_dim // 2).unbind(2)
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
-            x = x + y.transpose(1, 2).reshape(x.shape)
-            x = x + self.mlp(F.relu(x).square())
-            return self.head(F.rms_norm(x, (x_dim,))).float()
-
-    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="warm-up-") as tmp:
-        export_model(Tiny(), batch_size=2, seq_len=4, vocab_size=16, device="cpu", out_dir=tmp)
 
 
 def wait_for(path: Path, wait_s: float, poll_s: float = POLL_S) -> bool:
@@ -151,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, required=True, metavar="S",
                     help="seconds to wait for the host to hand over train.py")
     ap.add_argument("--dir", type=Path, default=WORK, help=f"the hand-over directory (default {WORK})")
-    ap.add_argument("--no-warm-up", action="store_true", help="skip the imports and the warm-up export (tests)")
+    ap.add_argument("--no-warm-up", action="store_true", help="skip the imports (tests)")
     args = ap.parse_args(argv)
     if not args.no_warm_up:
         get_ready()
