@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.ledger import Ledger
-from runner.sandbox.spec import LABEL_RUN, LABEL_TRIAL
+from runner.sandbox.cleanup import leftovers
 from runner.workspace import Workspace, init_repo
 from tests.llm_server import MODEL, search_replace
 
@@ -61,8 +61,7 @@ def git(repo, *args):
 
 
 def labelled(client, tag, trial=None):
-    labels = [f"{LABEL_RUN}={tag}"] + ([f"{LABEL_TRIAL}={trial}"] if trial is not None else [])
-    return client.containers.list(all=True, filters={"label": labels})
+    return leftovers(tag, trial, client)[0]        # tolerates containers removed while they are listed
 
 
 def test_a_real_run_keeps_the_good_discards_the_bad_and_records_the_crash(tmp_path, llm_server, trial_image,

@@ -53,8 +53,14 @@ def leftovers(run_tag: str | None = None, trial_id: str | None = None, client=No
     if client is None:
         from .preflight import connect
         client = connect()
+    import docker.errors
     flt = _filters(run_tag, trial_id)
-    containers = client.containers.list(all=True, filters=flt)
+    containers = []
+    for row in client.api.containers(all=True, filters=flt):
+        try:
+            containers.append(client.containers.get(row["Id"]))
+        except docker.errors.NotFound:
+            pass                                   # removed since it was listed (a slot's background removal)
     volumes = [v["Name"] for v in (client.api.volumes(filters=flt).get("Volumes") or [])]
     return containers, volumes
 
