@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import platform
 import secrets
 import sys
@@ -40,6 +39,7 @@ import yaml
 
 from . import bpb, probes
 from .harness import cpu_threads
+from .harness.launch import exit_now, wait_for
 from .program import InvalidModel, load_program, warm_up
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
                      manifest_sha256, sha256_file, shard_paths, verify)
@@ -180,11 +180,9 @@ def wait_for_model(path: Path, wait_s: float, poll_s: float = 0.02) -> float:
 
     thread = threading.Thread(target=warm, name="warm-up", daemon=True)
     thread.start()
-    while not path.exists():
-        if time.perf_counter() - t0 > wait_s:
-            raise SetupError(f"no model appeared at {path} within {wait_s:g} s; the runner hands it over when "
-                             "training ends")
-        time.sleep(poll_s)
+    if not wait_for(path, wait_s, poll_s):
+        raise SetupError(f"no model appeared at {path} within {wait_s:g} s; the runner hands it over when "
+                         "training ends")
     thread.join()
     if errors:
         print(f"evaluate: warm-up failed ({_one_line(errors[0])}); loading without it", file=sys.stderr)
@@ -447,13 +445,5 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _exit_now(status: int) -> None:
-    """Flush and end the process without Python's teardown of torch (0.3-0.7 s of module cleanup that the runner
-    would wait for); the result is already written, atomically, and nothing here registers atexit work."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
 if __name__ == "__main__":
-    _exit_now(main())
+    exit_now(main())        # no teardown of torch (0.3-0.7 s the runner would wait for); the result is written

@@ -155,12 +155,12 @@ def open_slot(client, policy, *, image: str, data_dir: Path, run_tag: str, slot_
 
 
 class Standby:
-    """At most one slot started ahead for the next trial of a run. Not thread-safe: the run's own thread uses it."""
+    """At most one slot started ahead for the next trial of a run. Used from the run's own thread; only the
+    removals that `discard` starts run on threads of their own (they touch nothing but their slot and `errors`)."""
 
     def __init__(self, policy, *, image: str, data_dir: Path, run_tag: str, base_dir: Path):
         self.policy, self.image, self.data_dir, self.run_tag = policy, image, Path(data_dir), run_tag
         self.base_dir = Path(base_dir)
-        self.key = slot_key(policy, image, data_dir)
         self.slot: Slot | None = None
         self.errors: list[str] = []                       # from removals on the background threads
         self._client = None

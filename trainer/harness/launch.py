@@ -99,8 +99,9 @@ def run_script(path: Path) -> int:
         return 1
 
 
-def finish(status: int) -> None:
-    """What Python does at exit that a script can observe (threads, atexit, flushed output), then os._exit."""
+def exit_now(status: int) -> None:
+    """What Python does at exit that a script can observe (threads, atexit, flushed output), then os._exit: without
+    Python's module teardown. The launcher and the evaluator both end this way."""
     main = threading.main_thread()
     for t in threading.enumerate():
         if t is not main and not t.daemon:
@@ -139,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    finish(main())
+    exit_now(main())
