@@ -8,15 +8,15 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
                    output volumes mounted, a train and an eval container, all started and waiting for their
                    inputs. A run starts them while the previous trial trains (spec.standby); otherwise now
       3. train     hand train.py over (the trial starts here); the train container runs it under a hard timeout
-                   counted from the hand-over, its log lines streaming to on_line. Meanwhile the run's next
-                   slot starts. The eval container never sees anything but the validation data and, later,
-                   the model
+                   counted from the hand-over, its log lines streaming to on_line. As its export starts, the
+                   run's next slot starts on a background thread. The eval container never sees anything but
+                   the validation data and, later, the model
       4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap), then rename
                    it into the eval container's read-only model directory: the hand-over
       5. eval      the evaluator scores that copy (hard timeout counted from the hand-over)
       6. result    copy out result.json, validate it (runner.result), classify (runner.sandbox.classify)
       finally      remove the slot's containers, volumes and directory (the model is kept if spec.keep_model);
-                   a run's standby does it on a background thread
+                   a run's standby does it later, on the thread that starts the slot after next
 
 Engine and image failures give status `infra` (never blamed on the candidate); a bad data directory is the
 user's to fix and raises UserError before anything starts.
@@ -109,18 +109,22 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                              slot_id=spec.trial_id, dir=work / "slot")
         out.timings["slot_s"] = round(time.monotonic() - t_slot, 3)
 
-        # 3. train (untrusted): the hand-over starts it; then the next trial's slot starts beside it
+        # 3. train (untrusted): the hand-over starts it; the next trial's slot starts as its export starts (a
+        #    core idles then), or when it ends if it never says so
         if on_phase:
             on_phase("training")
+        next_slot = (lambda: spec.standby.prepare_soon(client)) if spec.standby else None
         t_handed = slot.hand_over_candidate(train_py, spec.seed)
-        training = containers.follow(slot.train, on_line, since=t_handed)
+        training = containers.follow(slot.train, on_line, since=t_handed, on_exporting=next_slot)
         slot.name_after(spec.run_tag, spec.trial_id)
-        if spec.standby:
-            spec.standby.prepare(client)
         t_exit, pump = containers.wait_to_end(training, policy.train.timeout_seconds)
+        if next_slot:
+            next_slot()
         _record(out.timings, "train", t_exit)
         if pump and pump.first_step_at is not None:
             out.timings["train_startup_s"] = round(pump.first_step_at - t_handed, 3)
+        if pump and pump.exporting_at is not None:
+            out.timings["train_exporting_s"] = round(pump.exporting_at - t_handed, 3)
         tail = containers.log_tail(slot.train, 400)
         out.train_summary = parse_summary(tail.splitlines())
         out.log_tail = _tail(tail)
@@ -177,7 +181,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         if slot is not None:
             if spec.keep_model and slot.model.is_file():
                 os.replace(slot.model, work / "model.pt2")
-            if spec.standby:                                 # removed on a background thread; the run waits
+            if spec.standby:                                 # removed on the next slot's thread, or at close
                 spec.standby.discard(slot, client)
             else:
                 errors = slot.remove(client)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness_fixtures import VOCAB, make_data
-from trainer.harness.export import EXPORT_FAILED, ExportError, export_model
+from trainer.harness.export import EXPORT_FAILED, EXPORTING_LINE, ExportError, export_model
 
 
 class TinyLM(torch.nn.Module):
@@ -85,3 +85,9 @@ def test_export_failure_writes_one_line_export_error_and_exits_86(tmp_path, body
     assert len(lines) == 1 and lines[0].strip()
     assert not (tmp_path / "out" / "model.pt2").exists()
     assert "harness: export failed" in proc.stderr
+    assert proc.stdout.splitlines()[-1] == EXPORTING_LINE      # said before trying, so the runner can schedule
+
+
+def test_the_line_the_runner_schedules_the_next_slot_on_is_the_line_the_harness_prints():
+    from runner.sandbox import containers
+    assert containers.EXPORTING_LINE == EXPORTING_LINE

@@ -1,9 +1,11 @@
-"""Slots: a run starts the next trial's containers while the current one trains (runner/sandbox/slot.py), on the
-real engine. The next trial runs in them exactly as in containers made for it, with its own seed; a slot that
-waits takes no CPU weight from a training; nothing outlives the run."""
+"""Slots: a run starts the next trial's containers as the current one's export starts (runner/sandbox/slot.py), on
+the real engine. The next trial runs in them exactly as in containers made for it, with its own seed; a slot that
+waits takes no CPU weight from a training; a candidate that never exports still gets its successor a slot;
+nothing outlives the run."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -24,11 +26,13 @@ def _run_tag() -> str:
     return f"{TEST_RUN_PREFIX}-{os.getpid()}-slot{uuid.uuid4().hex[:4]}"
 
 
-def _trial(tmp_path, image, data, pol, tag, standby, seed, on_phase=None, trial_id=None):
-    spec_ = TrialSpec(run_tag=tag, trial_id=trial_id or uuid.uuid4().hex[:8], candidate_dir=candidate(tmp_path, REAL_TRAIN_PY.read_text()),
+def _trial(tmp_path, image, data, pol, tag, standby, seed, on_phase=None, trial_id=None, on_line=None,
+           source=None):
+    spec_ = TrialSpec(run_tag=tag, trial_id=trial_id or uuid.uuid4().hex[:8],
+                      candidate_dir=candidate(tmp_path, source or REAL_TRAIN_PY.read_text()),
                       data_dir=data, policy=pol, image=image, seed=seed,
                       work_dir=Path(tmp_path) / f"work-{uuid.uuid4().hex[:6]}", standby=standby)
-    return run_trial(spec_, on_phase=on_phase)
+    return run_trial(spec_, on_line=on_line, on_phase=on_phase)
 
 
 def _shares(client, container) -> int:
@@ -40,11 +44,16 @@ def test_the_next_trial_runs_in_the_slot_started_during_this_one_with_its_own_se
     pol, tag = policy(**POLICY), _run_tag()
     standby = Standby(pol, image=trial_image.tag, data_dir=sandbox_data, run_tag=tag, base_dir=tmp_path / "slots")
     try:
-        first = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=11)
+        last_step_seen = []
+        first = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=11, trial_id="1st",
+                       on_line=lambda line: line.startswith("step=") and last_step_seen.append(time.monotonic()))
         assert first.status == "ok", (first.error, first.log_tail)
         assert first.timings["slot_prestarted"] is False
-        waiting = standby.slot                                   # started while the first trial trained
+        assert first.timings["train_exporting_s"] > first.timings["train_startup_s"]
+        standby.wait()
+        waiting = standby.slot                                   # started as the first trial's export started:
         assert waiting is not None and waiting.alive()
+        assert waiting.started_at > last_step_seen[-1]           # not beside its training
         assert _shares(docker_client, waiting.train) == spec.WAITING_CPU_SHARES
         assert _shares(docker_client, waiting.evaluator) == spec.WAITING_CPU_SHARES
 
@@ -58,14 +67,36 @@ def test_the_next_trial_runs_in_the_slot_started_during_this_one_with_its_own_se
         assert seen_while_scoring == [spec.RUNNING_CPU_SHARES, spec.RUNNING_CPU_SHARES,    # raised at the hand-overs
                                       spec.name(tag, "2nd", "train")]                     # named after the trial
         assert second.val_bpb == first.val_bpb                   # same candidate, same seed, same steps: same score
+        standby.wait()                                           # the first trial's slot went with the third's start
+        assert cleanup.leftovers(tag, "1st", docker_client) == ([], [])
+        assert cleanup.leftovers(tag, waiting.id, docker_client) != ([], [])  # used by the second: still there
 
         third = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=12)
         assert third.status == "ok" and third.timings["slot_prestarted"] is True
         assert third.val_bpb != first.val_bpb                    # the handed-over seed reached train.py
+        standby.wait()
+        assert cleanup.leftovers(tag, waiting.id, docker_client) == ([], [])  # removed as the third exported
     finally:
         assert standby.close() == []
     assert cleanup.leftovers(tag, None, docker_client) == ([], [])
     assert not any((tmp_path / "slots").iterdir())
+
+
+def test_a_candidate_that_crashes_before_its_export_still_gets_the_next_trial_a_slot(tmp_path, docker_client,
+                                                                                     trial_image, sandbox_data):
+    pol, tag = policy(**POLICY), _run_tag()
+    standby = Standby(pol, image=trial_image.tag, data_dir=sandbox_data, run_tag=tag, base_dir=tmp_path / "slots")
+    try:
+        crashed = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=11,
+                         source="raise SystemExit(3)\n")
+        assert crashed.status == "crash" and "train_exporting_s" not in crashed.timings
+        standby.wait()
+        assert standby.slot is not None and standby.slot.alive()
+        after = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=11)
+        assert after.status == "ok" and after.timings["slot_prestarted"] is True
+    finally:
+        assert standby.close() == []
+    assert cleanup.leftovers(tag, None, docker_client) == ([], [])
 
 
 def test_a_waiting_slot_that_died_or_was_made_for_another_policy_is_not_taken(tmp_path, docker_client, trial_image,

@@ -23,6 +23,7 @@ MAX_LINE = 2000             # characters kept of one log line
 LINES_PER_SECOND = 50       # on_line callbacks per second at most; the rest are counted as dropped
 TAIL_LINES = 200            # lines the pump keeps for the log tail
 KILL_GRACE_S = 10           # how long to wait for the engine to confirm a kill
+EXPORTING_LINE = "harness: exporting model.pt2"   # the harness's line as its export starts (trainer/harness/export.py)
 
 
 class RefusedFile(Exception):
@@ -66,6 +67,8 @@ class LogPump:
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     dropped: int = 0
     first_step_at: float | None = None    # host monotonic time of the first "step=" line (benchmarks)
+    on_exporting: Callable[[], None] | None = None   # called once, on the pump's thread, at the first EXPORTING_LINE
+    exporting_at: float | None = None     # host monotonic time of that line
     _thread: threading.Thread | None = None
 
     def start(self) -> "LogPump":
@@ -88,6 +91,9 @@ class LogPump:
                     self.tail.append(line)
                     if self.first_step_at is None and line.startswith("step="):
                         self.first_step_at = time.monotonic()
+                    if self.exporting_at is None and line == EXPORTING_LINE:
+                        self.exporting_at = time.monotonic()
+                        self._exporting()
                     if self.on_line is None:
                         continue
                     now = time.monotonic()
@@ -105,6 +111,13 @@ class LogPump:
                 self.tail.append(pending.decode("utf-8", "replace")[:MAX_LINE])
         except Exception:  # noqa: BLE001 - the stream ends with an error when the container is removed
             pass
+
+    def _exporting(self) -> None:
+        if self.on_exporting is not None:
+            try:
+                self.on_exporting()
+            except Exception:  # noqa: BLE001 - a scheduling hint; its failure must not stop the log stream
+                pass
 
     def join(self, timeout: float = 2.0) -> None:
         if self._thread is not None:
@@ -130,11 +143,12 @@ def start(container, on_line: Callable[[str], None] | None = None, pump: bool = 
 
 
 def follow(container, on_line: Callable[[str], None] | None = None, since: float | None = None,
-           pump: bool = True) -> Started:
+           pump: bool = True, on_exporting: Callable[[], None] | None = None) -> Started:
     """Follow a container that is already running (started waiting for its input); `since` (host monotonic clock,
     default now) is when its input arrived, from which `wait_to_end` counts the timeout. The log pump replays
-    what it printed while it waited."""
-    logs = LogPump(container, on_line).start() if pump else None
+    what it printed while it waited, and calls on_exporting at the harness's EXPORTING_LINE (a hint the
+    container can fake or withhold: use it only for scheduling)."""
+    logs = LogPump(container, on_line, on_exporting=on_exporting).start() if pump else None
     return Started(container, time.monotonic() if since is None else since, logs)
 
 

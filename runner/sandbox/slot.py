@@ -2,9 +2,12 @@
 
 Why: a train container spends about 2.3 s between its start and its first training step (the engine starts it,
 Python imports torch and torch._dynamo), and an eval container about 1.5 s before it can load a model. In a loop
-of 60 s trials that is several percent of the machine's time. A run therefore starts the next trial's slot while
-the current trial trains (`Standby`): the containers do that work in CPU time the training leaves idle, at the
-lowest CPU weight (runner/sandbox/spec.py), and wait.
+of 60 s trials that is several percent of the machine's time. A run therefore starts the next trial's slot ahead
+(`Standby`): the containers do that work in CPU time the trials leave idle, at the lowest CPU weight
+(runner/sandbox/spec.py), and wait. When: as the current trial's export starts. Starting a slot is also ~0.5
+CPU-seconds of the engine's own work (and removing one ~0.2), which no CPU weight covers; during training it cost
+the training 2-3% of its steps. The export is single-threaded, and so is the evaluator's load that follows, so
+a core is free then (docs/benchmarks.md).
 
     slot = open_slot(client, policy, image=..., data_dir=..., run_tag=..., slot_id=..., dir=...)
     slot.hand_over_candidate(train_py, seed)     # trial.json, then train.py, renamed into dir/train (= /work)
@@ -13,9 +16,10 @@ lowest CPU weight (runner/sandbox/spec.py), and wait.
 
     standby = Standby(policy, image=..., data_dir=..., run_tag=..., base_dir=...)   # one per run
     standby.take(policy, image, data_dir)        # the waiting slot if it fits and is still alive, else None
-    standby.prepare(client)                      # start the next trial's slot (called while a trial trains)
-    standby.discard(slot, client)                # remove a used slot on a background thread
-    standby.close()                              # remove a slot nobody took, wait for the removals (run over)
+    standby.prepare_soon(client)                 # on a thread: start the next trial's slot, then remove used ones
+    standby.discard(slot, client)                # a used slot: removed by the next prepare_soon, or by close()
+    standby.wait()                               # for that thread (take() waits for it too)
+    standby.close()                              # wait for the thread; remove a slot nobody took and used ones
 
 A hand-over first raises the container's CPU weight to the default, then renames a finished, read-only file into
 a directory the container sees read-only: the container never sees a half-written input, and nothing it does
@@ -155,20 +159,25 @@ def open_slot(client, policy, *, image: str, data_dir: Path, run_tag: str, slot_
 
 
 class Standby:
-    """At most one slot started ahead for the next trial of a run. Used from the run's own thread; only the
-    removals that `discard` starts run on threads of their own (they touch nothing but their slot and `errors`)."""
+    """At most one slot started ahead for the next trial of a run. Used from the run's own thread, except for
+    prepare_soon, which the log pump's thread calls; the slot is made, and used slots are removed, on one
+    background thread at a time, which take() and close() wait for."""
 
     def __init__(self, policy, *, image: str, data_dir: Path, run_tag: str, base_dir: Path):
         self.policy, self.image, self.data_dir, self.run_tag = policy, image, Path(data_dir), run_tag
         self.base_dir = Path(base_dir)
         self.slot: Slot | None = None
-        self.errors: list[str] = []                       # from removals on the background threads
+        self.errors: list[str] = []                       # from removals of used slots
         self._client = None
-        self._reapers: list[threading.Thread] = []
+        self._used: list[Slot] = []                       # used slots waiting for removal
+        self._lock = threading.Lock()                     # guards _worker and _used
+        self._worker: threading.Thread | None = None
         shutil.rmtree(self.base_dir, ignore_errors=True)    # slot dirs a dead run left behind
 
     def take(self, policy, image: str, data_dir: Path) -> Slot | None:
-        """The waiting slot, if it was made for these and is still alive and young enough; else None."""
+        """The waiting slot, if it was made for these and is still alive and young enough; else None. Waits for
+        a slot being made."""
+        self.wait()
         slot, self.slot = self.slot, None
         if slot is None:
             return None
@@ -180,7 +189,7 @@ class Standby:
         return None
 
     def prepare(self, client) -> None:
-        """Start the next trial's slot unless one waits already. An engine failure leaves none (the next trial
+        """Start the next trial's slot now unless one waits already. An engine failure leaves none (the next trial
         then makes its own, and reports the failure if it persists)."""
         import docker.errors
         import requests
@@ -194,30 +203,58 @@ class Standby:
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             self.slot = None
 
-    def discard(self, slot: Slot, client) -> None:
-        """Remove a used slot on a background thread: removing its containers and volumes takes ~0.25 s of
-        engine calls that the next trial need not wait for. close() waits for every removal."""
-        self._reapers = [t for t in self._reapers if t.is_alive()]
-        reaper = threading.Thread(target=self._reap, args=(slot, client), name=f"reap-{slot.id}", daemon=True)
-        self._reapers.append(reaper)
-        reaper.start()
+    def prepare_soon(self, client) -> None:
+        """prepare(), then the removal of the used slots, on a background thread; nothing if one is running or
+        has run since the last take() (a trial calls this at its export, and again when its training ends)."""
+        with self._lock:
+            if self._worker is not None:
+                return
+            self._client = client
+            self._worker = threading.Thread(target=self._prepare_and_reap, args=(client,), name="next-slot",
+                                            daemon=True)
+            self._worker.start()
 
-    def _reap(self, slot: Slot, client) -> None:
+    def _prepare_and_reap(self, client) -> None:
+        self.prepare(client)                              # first: the next trial may be waiting for it
+        self._reap_used(client)
+
+    def discard(self, slot: Slot, client) -> None:
+        """A used slot, to be removed by the next prepare_soon (when a core idles) or by close(). Its containers
+        have exited, except the holder, which keeps its capped output volumes until then."""
+        with self._lock:
+            self._client = self._client or client
+            self._used.append(slot)
+
+    def _reap_used(self, client) -> None:
+        with self._lock:
+            used, self._used = self._used, []
+        for slot in used:
+            self._remove(slot, client)
+
+    def _remove(self, slot: Slot, client) -> None:
         try:
             self.errors += slot.remove(client)
         except Exception as e:  # noqa: BLE001 - an engine that went away: the next start's cleanup removes it
             shutil.rmtree(slot.dir, ignore_errors=True)
             self.errors.append(f"slot {slot.id}: {e}")
 
+    def wait(self) -> None:
+        """Wait for the background thread (making a slot takes about 0.6 s) and allow the next one."""
+        with self._lock:
+            worker = self._worker
+        if worker is not None:
+            worker.join()
+            with self._lock:
+                self._worker = None
+
     def close(self) -> list[str]:
-        """Remove the slot nobody took and wait for the removals of used ones; the errors, if any. Best effort:
-        what an engine that is gone leaves behind goes with the next start's label cleanup."""
+        """Wait for the background thread; remove the slot nobody took and the used ones; the errors, if any.
+        Best effort: what an engine that is gone leaves behind goes with the next start's label cleanup."""
+        self.wait()
         slot, self.slot = self.slot, None
         if slot is not None:
-            self._reap(slot, self._client)
-        for reaper in self._reapers:
-            reaper.join(60)
-        self._reapers = []
+            self._remove(slot, self._client)
+        self._reap_used(self._client)
         return self.errors
 
 

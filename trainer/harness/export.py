@@ -24,6 +24,7 @@ import torch
 EXPORT_FAILED = 86
 MODEL_FILE = "model.pt2"
 ERROR_FILE = "export_error.txt"
+EXPORTING_LINE = "harness: exporting model.pt2"   # the runner starts the next trial's containers when it sees this
 
 
 class ExportError(Exception):
@@ -93,6 +94,7 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 def save_or_exit(model: torch.nn.Module, **kwargs) -> Path:
     """export_model, but on failure write export_error.txt (one line) and exit with code 86."""
     out_dir = Path(kwargs["out_dir"])
+    print(EXPORTING_LINE, flush=True)           # a scheduling hint only: train.py can print it too, or never
     try:
         return export_model(model, **kwargs)
     except Exception as e:  # noqa: BLE001 - any failure of the agent's model to export is an export failure
