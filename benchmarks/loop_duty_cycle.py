@@ -8,6 +8,11 @@ trial). Then the best val_bpb after the run's trials versus the baseline, as a %
 
     python benchmarks/loop_duty_cycle.py                       # 10 trials at a 60 s budget, `cpu` preset
     python benchmarks/loop_duty_cycle.py --trials 20 --budget 60 --data DIR --keep runs-dir
+    python benchmarks/loop_duty_cycle.py --trials 20 --next-slot alternate    # A/B: when the next slot starts
+
+`--next-slot alternate` runs odd candidates as a run did before 2026-12-01 (the next trial's slot starts at their
+first training step, beside the training) and even ones as a run does now (at their export line), and prints
+the steps and duty cycle of each side by side, in the same run.
 
 Needs the Docker engine and the trial image (built here if missing). Without --data it prepares the synthetic
 data set into a temp directory first (not timed).
@@ -26,12 +31,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_data import prepare_synthetic  # noqa: E402
+from next_slot_timing import TimedStandby  # noqa: E402
 from runner import images  # noqa: E402
 from runner.errors import AutoresearchError  # noqa: E402
 from runner.ledger import Ledger, TrialRecord  # noqa: E402
 from runner.live import PlainView  # noqa: E402
 from runner.loop import Run, RunConfig  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
+from runner.sandbox import slot as slot_module  # noqa: E402
+from runner.sandbox.preflight import connect  # noqa: E402
 from runner.workspace import init_repo  # noqa: E402
 from trainer.shards import DataError  # noqa: E402
 
@@ -60,21 +68,78 @@ def phases(r: TrialRecord, wall: float) -> dict:
             "other": max(0.0, wall - loop - startup - train_rest - training - evaluation)}
 
 
+def walls(records: list[TrialRecord]) -> list[float]:
+    """A trial's wall time: from its start to the next trial's start (the last one: to its end)."""
+    return [(records[i + 1].started_at if i + 1 < len(records) else r.finished_at) - r.started_at
+            for i, r in enumerate(records)]
+
+
+def candidate_share(records: list[TrialRecord], first: int) -> tuple[float, float]:
+    """(wall s, training s) of the first `first` candidate trials."""
+    cands = [(r, w) for r, w in zip(records, walls(records)) if r.kind == "candidate"][:first]
+    return sum(w for _, w in cands), sum(phases(r, w)["training"] for r, w in cands)
+
+
 def table(records: list[TrialRecord]) -> tuple[str, float, float]:
     rows = ["| trial | status | wall s | training s | steps | in budget | proposal+git s | container start s | "
             "train rest s | eval s | other s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    tot_wall = tot_train = 0.0
-    for i, r in enumerate(records):
-        nxt = records[i + 1].started_at if i + 1 < len(records) else r.finished_at
-        p = phases(r, nxt - r.started_at)
-        if r.kind == "candidate":
-            tot_wall += p["wall"]
-            tot_train += p["training"]
+    for r, wall in zip(records, walls(records)):
+        p = phases(r, wall)
         steps = "-" if r.num_steps is None else r.num_steps
         rows.append(f"| {r.trial}{' (baseline)' if r.kind == 'baseline' else ''} | {r.status} | {p['wall']:.1f} | "
                     f"{p['training']:.1f} | {steps} | {p['share']:.1f}% | {p['proposal+git']:.2f} | {p['start']:.1f} | "
                     f"{p['train_rest']:.1f} | {p['eval']:.1f} | {p['other']:.1f} |")
-    return "\n".join(rows), tot_wall, tot_train
+    return ("\n".join(rows), *candidate_share(records, len(records)))
+
+
+def next_slot_mode(trial: int, how: str) -> str:
+    """When trial `trial` starts the next trial's slot: at its export line, or at its first training step."""
+    if how == "alternate":
+        return "training" if trial % 2 == 1 else "export"
+    return how
+
+
+class SlotTimingView(PlainView):
+    """PlainView that starts the next trial's slot at the first training step of the trials whose mode says so
+    (the run's TimedStandby then ignores their export line)."""
+
+    def __init__(self, stream, how: str):
+        super().__init__(stream)
+        self.how, self.run, self.trial, self.started = how, None, 0, False
+        self.client = connect()
+
+    def trial_started(self, trial_id: int, kind: str) -> None:
+        super().trial_started(trial_id, kind)
+        self.trial, self.started = trial_id, False
+        self.run.standby.auto = next_slot_mode(trial_id, self.how) == "export"
+
+    def line(self, text: str) -> None:
+        if not self.started and text.startswith("step="):
+            self.started = True
+            if next_slot_mode(self.trial, self.how) == "training":
+                self.run.standby.start_now(self.client)
+
+
+def by_mode(records: list[TrialRecord], how: str) -> str:
+    """Per mode: the steps of its trials, the container start of the trial after each, and the duty cycle with
+    that start counted in place of the trial's own."""
+    rows = ["| next slot starts | trials | mean steps | steps | container start of the next trial s | in budget |",
+            "|---|---|---|---|---|---|"]
+    ws = walls(records)
+    for mode in ("training", "export"):
+        steps, starts, train, wall = [], [], 0.0, 0.0
+        for i, r in enumerate(records[:-1]):
+            if r.kind != "candidate" or next_slot_mode(r.trial, how) != mode:
+                continue
+            p, nxt = phases(r, ws[i]), phases(records[i + 1], ws[i + 1])
+            steps.append(r.num_steps or 0)
+            starts.append(nxt["start"])
+            train += p["training"]
+            wall += p["wall"] - p["start"] + nxt["start"]
+        if steps:
+            rows.append(f"| {mode} | {len(steps)} | {sum(steps) / len(steps):.1f} | {', '.join(map(str, steps))} | "
+                        f"{sum(starts) / len(starts):.2f} | {100 * train / wall:.1f}% |")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
@@ -85,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", default=None, help="base policy (default policies/default.yaml)")
     ap.add_argument("--data", type=Path, help="prepared data (default: synthetic, prepared into a temp dir)")
     ap.add_argument("--keep", type=Path, help="keep the experiment repository (and its runs/) here")
+    ap.add_argument("--next-slot", choices=["export", "training", "alternate"], default="export",
+                    help="when a trial starts the next one's slot (default export: what a run does)")
     ap.add_argument("--eval-timeout", type=float, default=900.0,
                     help="eval container limit in s (default 900)")
     args = ap.parse_args(argv)
@@ -100,8 +167,13 @@ def main(argv=None) -> int:
                          ".gitignore": "runs/\n"})
         t0 = time.monotonic()
         try:
-            summary = Run(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
-                                    image=img.tag), events=PlainView(sys.stderr)).run()
+            view = PlainView(sys.stderr) if args.next_slot == "export" else SlotTimingView(sys.stderr, args.next_slot)
+            if args.next_slot != "export":
+                slot_module.Standby = TimedStandby         # the run's Standby; the view decides when it starts
+            run = Run(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
+                                image=img.tag), events=view)
+            view.run = run
+            summary = run.run()
         except (AutoresearchError, DataError) as e:
             print(f"loop_duty_cycle: {' '.join(str(e).split())}", file=sys.stderr)
             return 1
@@ -113,7 +185,14 @@ def main(argv=None) -> int:
               f"{args.trials} trials\n")
         print(rows)
         print(f"\nCandidate trials: {train:.0f} s of {wall:.0f} s wall inside training budgets = "
-              f"**{100 * train / wall:.1f}%** (whole run incl. baseline: {elapsed:.0f} s)\n")
+              f"**{100 * train / wall:.1f}%** (whole run incl. baseline: {elapsed:.0f} s)")
+        if sum(r.kind == "candidate" for r in records) > 10:
+            w10, t10 = candidate_share(records, 10)
+            print(f"The first 10 candidate trials: {t10:.0f} s of {w10:.0f} s = **{100 * t10 / w10:.1f}%**")
+        print()
+        if args.next_slot == "alternate":
+            print("## When the next slot starts (odd trials: at the first step; even: at the export line)\n")
+            print(by_mode(records, args.next_slot) + "\n")
         print("## Research result\n")
         print("| baseline val_bpb | best val_bpb | improvement | kept | discarded | failed |")
         print("|---|---|---|---|---|---|")
