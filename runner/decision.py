@@ -8,6 +8,9 @@ Rules (from the policy's `decision` section):
 - with `confirm_wins`, an apparent win is re-run with another seed first, and kept only if that run beats the best
   by more than the threshold as well.
 Candidates all train with the run's seed, so the main comparison is paired: same data order, different code.
+The bar is the baseline run with that seed, not the mean of the repeats: the wall-clock budget makes one seed land
+somewhat differently each time, but measured side by side the seed moves val_bpb more (cpu preset, 60 s: std 0.0035
+over 4 runs of one seed, 0.0078 over 4 seeds; docs/benchmarks.md, "Seed noise"), and pairing cancels that part.
 A trial that did not end `ok` is never kept; its own status (crash, timeout, ...) is its verdict.
 """
 from __future__ import annotations

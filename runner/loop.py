@@ -119,11 +119,11 @@ class Run:
             self.trial_fn = self.trial_fn or default_trial_fn()
             records = self.ledger.records()
             self.events.run_started({**meta, "resume": self.cfg.resume, "trials_done": len(records)})
-            best = _best(records)
+            best = best_of(records)
             if best is None:
                 best = self._baseline(_next_id(records))     # raises when the unchanged train.py fails
                 records = self.ledger.records()
-            thresh = decision.threshold(self.policy.decision, _baseline_of(records).noise_std)
+            thresh = decision.threshold(self.policy.decision, baseline_of(records).noise_std)
             deadline = time.monotonic() + self.cfg.hours * 3600 if self.cfg.hours else None
             infra_in_a_row = 0
             while True:
@@ -218,7 +218,7 @@ class Run:
 
     def _reconcile(self, start: str, head: str | None) -> None:
         """Put the branch where the ledger says the best is (a kill between ledger and update-ref)."""
-        best = _best(self.ledger.records())
+        best = best_of(self.ledger.records())
         want = best.commit if best else start
         if head == want:
             return
@@ -365,8 +365,8 @@ class Run:
 
 
 def summarize(tag: str, run_dir: Path, records: list[TrialRecord], start: str = "") -> RunSummary:
-    best = _best(records)
-    base = _baseline_of(records)
+    best = best_of(records)
+    base = baseline_of(records)
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -375,12 +375,12 @@ def summarize(tag: str, run_dir: Path, records: list[TrialRecord], start: str = 
                       counts=counts, trials=len(records))
 
 
-def _best(records: list[TrialRecord]) -> TrialRecord | None:
+def best_of(records: list[TrialRecord]) -> TrialRecord | None:
     kept = [r for r in records if r.status == "keep"]
     return kept[-1] if kept else None
 
 
-def _baseline_of(records: list[TrialRecord]) -> TrialRecord | None:
+def baseline_of(records: list[TrialRecord]) -> TrialRecord | None:
     done = [r for r in records if r.kind == "baseline" and r.status == "keep"]
     return done[-1] if done else None
 

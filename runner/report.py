@@ -10,16 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from .ledger import FAILED, Ledger, TrialRecord
-from .loop import summarize
+from .loop import baseline_of, best_of, summarize
 
 
 def running_best(records: list[TrialRecord]) -> list[tuple[int, float]]:
     """(trial, best val_bpb after it) at every kept trial, in order."""
-    out = []
-    for r in records:
-        if r.status == "keep" and r.val_bpb is not None:
-            out.append((r.trial, r.val_bpb))
-    return out
+    return [(r.trial, r.val_bpb) for r in records if r.status == "keep" and r.val_bpb is not None]
+
+
+def other_runs(r: TrialRecord) -> list[float]:
+    """The val_bpb of a trial's further ok runs of its commit, with other seeds: a baseline's repeats after the
+    first, a confirmation. They show the noise a kept change had to beat."""
+    runs = [x.get("val_bpb") for x in (r.repeats or [])[1:] if x.get("status") == "ok"]
+    if r.confirm and r.confirm.get("status") == "ok":
+        runs.append(r.confirm.get("val_bpb"))
+    return [b for b in runs if isinstance(b, (int, float))]
 
 
 def improvement_pct(baseline: float | None, best: float | None) -> float | None:
@@ -42,6 +47,10 @@ def figure(records: list[TrialRecord], title: str = ""):
                zorder=2)
     ax.scatter([r.trial for r in kept], [r.val_bpb for r in kept], s=40, color="#2ca02c", label="kept",
                zorder=3, edgecolors="black", linewidths=0.5)
+    extra = [(r.trial, b) for r in records for b in other_runs(r)]
+    if extra:
+        ax.scatter([t for t, _ in extra], [b for _, b in extra], s=18, facecolors="none", edgecolors="#555555",
+                   linewidths=0.8, label="other runs of the commit (seeds)", zorder=2)
     steps = running_best(records)
     if steps:
         last = max(r.trial for r in records)
@@ -80,12 +89,13 @@ def plot(records: list[TrialRecord], path: Path, title: str = "") -> Path:
 
 def markdown(tag: str, records: list[TrialRecord]) -> str:
     s = summarize(tag, Path("."), records)
+    base, best = baseline_of(records), best_of(records)
     imp = improvement_pct(s.baseline_bpb, s.best_bpb)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
     lines = [f"# autoresearch run `{tag}`", "",
              f"- trials: {len(records)} ({sum(1 for r in records if r.kind == 'candidate')} candidates)",
-             f"- baseline val_bpb: {fmt(s.baseline_bpb)}",
-             f"- best val_bpb: {fmt(s.best_bpb)} at commit `{(s.best_commit or '-')[:12]}`",
+             f"- baseline val_bpb: {fmt(s.baseline_bpb)}{_runs_of(base)}",
+             f"- best val_bpb: {fmt(s.best_bpb)}{_runs_of(best)} at commit `{(s.best_commit or '-')[:12]}`",
              f"- improvement: {imp:.2f}%" if imp is not None else "- improvement: -", "",
              "## Trials by status", "", "| status | trials |", "|---|---|"]
     for status, n in sorted(s.counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -105,6 +115,12 @@ def markdown(tag: str, records: list[TrialRecord]) -> str:
             lines.append(f"| {r.trial} | {r.status} | {_cell(r.description)} | {_cell(r.reason)[:200]} |")
     lines += ["", "![progress](progress.png)", ""]
     return "\n".join(lines)
+
+
+def _runs_of(r: TrialRecord | None) -> str:
+    """' (seed S; other seeds: a, b)' when the commit was run with other seeds too."""
+    others = other_runs(r) if r is not None else []
+    return f" (seed {r.seed}; other seeds: {', '.join(f'{b:.6f}' for b in others)})" if others else ""
 
 
 def _cell(text: str) -> str:

@@ -57,3 +57,17 @@ def test_a_report_of_a_run_without_scores_still_renders():
     md = markdown("t", [TrialRecord(0, "baseline", "crash", "baseline", reason="boom")])
     assert "best val_bpb: -" in md and "improvement: -" in md
     figure([TrialRecord(0, "baseline", "crash", "baseline")])
+
+
+def test_the_other_seeds_of_a_baseline_and_a_confirmation_are_drawn_and_listed_beside_their_run():
+    runs = [{"seed": 1337, "status": "ok", "val_bpb": 0.97}, {"seed": 1338, "status": "ok", "val_bpb": 1.02},
+            {"seed": 1339, "status": "crash", "val_bpb": None}]
+    recs = [TrialRecord(0, "baseline", "keep", "baseline", commit="a" * 40, val_bpb=0.97, seed=1337, repeats=runs),
+            TrialRecord(1, "candidate", "keep", "X 1 -> 2", commit="b" * 40, val_bpb=0.95, seed=1337,
+                        best_bpb_before=0.97, confirm={"seed": 11338, "status": "ok", "val_bpb": 0.955})]
+    series = {c.get_label(): c.get_offsets().tolist() for c in figure(recs).axes[0].collections}
+    assert series["kept"] == [[0, 0.97], [1, 0.95]]
+    assert series["other runs of the commit (seeds)"] == [[0, 1.02], [1, 0.955]]
+    text = markdown("t", recs)
+    assert "baseline val_bpb: 0.970000 (seed 1337; other seeds: 1.020000)" in text
+    assert "best val_bpb: 0.950000 (seed 1337; other seeds: 0.955000) at commit" in text
