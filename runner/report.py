@@ -1,7 +1,9 @@
 """The report of a run: progress.png and report.md, both made from the ledger alone. TRUSTED CODE.
 
-progress.png: every trial's val_bpb in trial order (discarded ones grey, kept ones green), the running best as a
-step line, failed trials marked with a red x at the bottom edge, rejected ones with a grey tick.
+progress.png: every trial's val_bpb in trial order (discarded ones grey, kept ones green), the other seeds' runs of
+a baseline or confirmation as hollow circles, the running best as a step line and the bar a keep had to pass
+(best - threshold) as a dashed one, failed trials marked with a red x at the bottom edge, rejected ones with a grey
+tick.
 report.md: best vs baseline and the improvement in %, the trials by status, the kept changes in order, and the
 failed trials with their reasons.
 """
@@ -57,6 +59,11 @@ def figure(records: list[TrialRecord], title: str = ""):
         xs = [t for t, _ in steps] + [last]
         ys = [b for _, b in steps] + [steps[-1][1]]
         ax.step(xs, ys, where="post", color="#2ca02c", linewidth=1.5, label="best so far", zorder=1)
+    bars = [(r.trial, r.best_bpb_before - r.threshold) for r in records
+            if r.kind == "candidate" and r.best_bpb_before is not None and r.threshold]
+    if bars:
+        ax.step([t for t, _ in bars], [b for _, b in bars], where="mid", color="#2ca02c", linewidth=1,
+                linestyle="--", label="a keep needs below this (best - threshold)", zorder=1)
     lo, hi = ax.get_ylim() if scored else (0.0, 1.0)
     failed = [r for r in records if r.status in FAILED]
     if failed:
@@ -95,7 +102,8 @@ def markdown(tag: str, records: list[TrialRecord]) -> str:
     lines = [f"# autoresearch run `{tag}`", "",
              f"- trials: {len(records)} ({sum(1 for r in records if r.kind == 'candidate')} candidates)",
              f"- baseline val_bpb: {fmt(s.baseline_bpb)}{_runs_of(base)}",
-             f"- best val_bpb: {fmt(s.best_bpb)}{_runs_of(best)} at commit `{(s.best_commit or '-')[:12]}`",
+             f"- best val_bpb: {fmt(s.best_bpb)}{_runs_of(best) if best is not base else ''} at commit "
+             f"`{(s.best_commit or '-')[:12]}`",
              f"- improvement: {imp:.2f}%" if imp is not None else "- improvement: -", "",
              "## Trials by status", "", "| status | trials |", "|---|---|"]
     for status, n in sorted(s.counts.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -71,3 +71,14 @@ def test_the_other_seeds_of_a_baseline_and_a_confirmation_are_drawn_and_listed_b
     text = markdown("t", recs)
     assert "baseline val_bpb: 0.970000 (seed 1337; other seeds: 1.020000)" in text
     assert "best val_bpb: 0.950000 (seed 1337; other seeds: 0.955000) at commit" in text
+    assert "best val_bpb: 0.970000 at commit" in markdown("t", recs[:1])     # the same runs are not said twice
+
+
+def test_the_figure_draws_the_bar_each_candidate_had_to_pass():
+    recs = [TrialRecord(0, "baseline", "keep", "baseline", val_bpb=1.0),
+            TrialRecord(1, "candidate", "discard", "a", val_bpb=0.99, best_bpb_before=1.0, threshold=0.02),
+            TrialRecord(2, "candidate", "keep", "b", val_bpb=0.95, best_bpb_before=1.0, threshold=0.02),
+            TrialRecord(3, "candidate", "discard", "c", val_bpb=0.94, best_bpb_before=0.95, threshold=0.02)]
+    ax = figure(recs).axes[0]
+    bar = [ln for ln in ax.lines if ln.get_label().startswith("a keep needs below this")][0]
+    assert list(bar.get_xdata()) == [1, 2, 3] and list(bar.get_ydata()) == pytest.approx([0.98, 0.98, 0.93])
