@@ -41,7 +41,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="autoresearch-bench-seeds-"))
     seeds = [1337 + k for k in range(args.seeds)]
     if args.same_seed:                                  # 1337, 1338, 1337, 1339, ..., 1337
-        seeds = [x for k in seeds for x in (k, 1337)][1:] if args.seeds > 1 else seeds
+        seeds = [x for k in seeds for x in (k, 1337)][1:]   # (--seeds >= 2 was checked above)
     rows = []
     try:
         for i, seed in enumerate(seeds):

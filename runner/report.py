@@ -60,7 +60,7 @@ def figure(records: list[TrialRecord], title: str = ""):
         ys = [b for _, b in steps] + [steps[-1][1]]
         ax.step(xs, ys, where="post", color="#2ca02c", linewidth=1.5, label="best so far", zorder=1)
     bars = [(r.trial, r.best_bpb_before - r.threshold) for r in records
-            if r.kind == "candidate" and r.best_bpb_before is not None and r.threshold]
+            if r.kind == "candidate" and r.best_bpb_before is not None and r.threshold]   # 0: it is the best line
     if bars:
         ax.step([t for t, _ in bars], [b for _, b in bars], where="mid", color="#2ca02c", linewidth=1,
                 linestyle="--", label="a keep needs below this (best - threshold)", zorder=1)
