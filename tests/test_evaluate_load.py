@@ -136,15 +136,44 @@ def test_a_compressed_archive_is_refused_before_any_entry_is_inflated(good, data
     assert res["status"] == "invalid_model" and "compressed" in res["error"]
 
 
+def assert_computes_like(prog, *models) -> None:
+    x = torch.randint(0, VOCAB, (8, 64))
+    with torch.no_grad():
+        for model in models:
+            assert torch.allclose(prog(x), model(x), atol=1e-5, rtol=0)
+
+
 def test_the_loaded_program_computes_what_the_model_computes(tmp_path):
     model = K.CausalAttention(VOCAB, 64).eval()
     path = K.export(model, tmp_path / "attn.pt2", 8, 64)
     prog = load_program(path, 8, 64, VOCAB)
-    x = torch.randint(0, VOCAB, (8, 64))
-    with torch.no_grad():
-        assert torch.allclose(prog(x), model(x), atol=1e-5, rtol=0)
+    assert_computes_like(prog, model)
     assert prog.num_params == sum(p.numel() for p in model.parameters())
     assert all(op.startswith("aten.") or "getitem" in op for op in prog.ops)
+
+
+def refuse_to_functionalize(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("functionalization was asked for")
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", refuse)
+
+
+def test_a_program_without_in_place_ops_is_not_traced_again(tmp_path, monkeypatch):
+    model = K.CausalAttention(VOCAB, 64).eval()
+    path = K.export(model, tmp_path / "attn.pt2", 8, 64)
+    refuse_to_functionalize(monkeypatch)
+    assert_computes_like(load_program(path, 8, 64, VOCAB), model)
+
+
+def test_in_place_ops_on_intermediates_are_functionalized_and_compute_the_same(tmp_path, monkeypatch):
+    model = K.InPlaceAttention(VOCAB, 64).eval()
+    path = K.export(model, tmp_path / "inplace.pt2", 8, 64)
+    prog = load_program(path, 8, 64, VOCAB)
+    assert_computes_like(prog, model, K.CausalAttention(VOCAB, 64).eval())
+    assert not any(op.endswith("_.Tensor") for op in prog.ops), prog.ops
+    refuse_to_functionalize(monkeypatch)          # the in-place graph does need functionalizing
+    with pytest.raises(InvalidModel, match="cannot be functionalized"):
+        load_program(path, 8, 64, VOCAB)
 
 
 def test_sanitizing_keeps_only_the_checked_entries(good):

@@ -35,7 +35,7 @@ def test_train_container_spec_is_exactly_the_hardened_one(tmp_path):
     want = _hardening() | {
         "command": ["python", "-m", "trainer.harness.launch", "--wait", "7200"],
         "entrypoint": [],
-        "cpu_shares": 2,                                   # waiting: the hand-over raises it
+        "cpu_shares": 16,                                  # waiting, above the evaluator: the hand-over raises it
         "environment": {                                   # the seed comes with the candidate (trial.json)
             "AUTORESEARCH_DATA": "/data", "AUTORESEARCH_OUT": "/out", "AUTORESEARCH_PRESET": "tiny",
             "AUTORESEARCH_BUDGET_S": "8", "AUTORESEARCH_DEVICE": "cpu",

@@ -3,7 +3,7 @@
 Why: a train container spends about 2.3 s between its start and its first training step (the engine starts it,
 Python imports torch and torch._dynamo), and an eval container about 1.5 s before it can load a model. In a loop
 of 60 s trials that is several percent of the machine's time. A run therefore starts the next trial's slot ahead
-(`Standby`): the containers do that work in CPU time the trials leave idle, at the lowest CPU weight
+(`Standby`): the containers do that work in CPU time the trials leave idle, at a very low CPU weight
 (runner/sandbox/spec.py), and wait. When: as the current trial's export starts. Starting a slot is also ~0.5
 CPU-seconds of the engine's own work (and removing one ~0.2), which no CPU weight covers; during training it cost
 the training 2-3% of its steps. The export is single-threaded, and so is the evaluator's load that follows, so

@@ -16,8 +16,11 @@ kwargs. Three containers per trial, all from the pinned trial image, all hardene
 
 Both the train and the eval container start before their input exists (runner/sandbox/slot.py: the next
 trial's containers start while the current one trains), so their imports and warm-up are off the critical path.
-While they wait they have the lowest CPU weight there is (cpu_shares 2, against 1024 for a running trial), so
-they take no CPU from a training; the host raises the weight to the default when it hands their input over.
+While they wait they have a very low CPU weight (cpu_shares 2 for the evaluator, the lowest there is, and 16 for
+the launcher, against 1024 for a running trial), so they take next to no CPU from a training or an evaluation;
+the host raises the weight to the default when it hands their input over. The launcher's is the higher of the
+two because its train.py is needed first: with equal weights the two shared the idle CPU, and the launcher's
+unfinished imports delayed the next trial's first step (docs/benchmarks.md).
 One train and one eval container per trial, as before.
 
 Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
@@ -39,6 +42,8 @@ OUT_INODES = 4096                 # files the output tmpfs may hold
 HOLDER_MEMORY = "64m"
 HOLDER_PIDS = 16
 WAITING_CPU_SHARES = 2            # the lowest CPU weight: a container waiting for its input never competes
+WAITING_TRAIN_CPU_SHARES = 16     # the waiting launcher: still ~1/64 of a running trial, but 8x the waiting
+                                  # evaluator, so it gets the idle CPU first (its train.py is needed first)
 RUNNING_CPU_SHARES = 1024         # the engine's default weight, given at the hand-over
 STANDBY_MAX_S = 7200              # the longest a started container waits for its input (its own backstop)
 
@@ -165,7 +170,7 @@ def train(policy, *, image: str, name: str, labels: dict[str, str], train_dir: P
     kwargs.update(
         command=train_command(),
         entrypoint=[],
-        cpu_shares=WAITING_CPU_SHARES,
+        cpu_shares=WAITING_TRAIN_CPU_SHARES,
         environment=train_env(policy),
         mounts=[
             _ro_bind(train_dir, TRAIN_DIR),

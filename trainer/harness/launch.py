@@ -5,10 +5,13 @@ trial image; not the agent's to edit (it is not part of the candidate and is nev
 
 1. Get ready: import what every train.py needs and what costs seconds: torch, torch._dynamo (torch.optim and
    torch.export pull it in: about 1 s of a CPU), torch.export, numpy, yaml and the harness. The runner starts the
-   next trial's train container while the current trial trains, at the lowest CPU weight, so this happens in CPU
-   time the training leaves idle, not on the next trial's critical path. No CUDA context is made here. (A
+   next trial's train container as the current trial's export starts, at a very low CPU weight, so this happens
+   in CPU time the trials leave idle, not on the next trial's critical path. No CUDA context is made here. (A
    warm-up `torch.export` of a tiny model was tried here too: it made the export after training ~0.3 s faster,
-   but the training that followed in the same process ran ~8% fewer steps, so it is not done.)
+   but the training that followed in the same process ran ~8% fewer steps, so it is not done. Importing the
+   ~400 modules the first export imports lazily was tried as well: 0.2 s here made that export 0.25-0.5 s faster,
+   but in a run this launcher is still importing when train.py arrives, so the work only moved from the export
+   to the start of the next trial; it is not done either.)
 2. Wait up to S seconds for the host to hand over the candidate: it renames /work/trial.json (the trial's seed)
    and then /work/train.py into the read-only /work directory. Exit 3 with one line if it never comes.
 3. Run /work/train.py as __main__, as `python /work/train.py` would (sys.argv, sys.path[0], __file__), with the
