@@ -55,7 +55,7 @@ def test_the_next_trial_runs_in_the_slot_started_during_this_one_with_its_own_se
         assert waiting is not None and waiting.alive()
         assert waiting.started_at > last_step_seen[-1]           # not beside its training
         assert _shares(docker_client, waiting.train) == spec.WAITING_TRAIN_CPU_SHARES
-        assert _shares(docker_client, waiting.evaluator) == spec.WAITING_CPU_SHARES
+        assert _shares(docker_client, waiting.evaluator) == spec.WAITING_EVAL_CPU_SHARES
 
         seen_while_scoring = []
         second = _trial(tmp_path, trial_image.tag, sandbox_data, pol, tag, standby, seed=11, trial_id="2nd",

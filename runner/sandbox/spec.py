@@ -41,7 +41,7 @@ LOG_MAX_SIZE = "10m"
 OUT_INODES = 4096                 # files the output tmpfs may hold
 HOLDER_MEMORY = "64m"
 HOLDER_PIDS = 16
-WAITING_CPU_SHARES = 2            # the lowest CPU weight: a container waiting for its input never competes
+WAITING_EVAL_CPU_SHARES = 2       # the lowest CPU weight: the waiting evaluator never competes
 WAITING_TRAIN_CPU_SHARES = 16     # the waiting launcher: still ~1/64 of a running trial, but 8x the waiting
                                   # evaluator, so it gets the idle CPU first (its train.py is needed first)
 RUNNING_CPU_SHARES = 1024         # the engine's default weight, given at the hand-over
@@ -198,7 +198,7 @@ def evaluate(policy, *, image: str, name: str, labels: dict[str, str], model_dir
     kwargs.update(
         command=eval_command(policy),
         entrypoint=[],
-        cpu_shares=WAITING_CPU_SHARES,
+        cpu_shares=WAITING_EVAL_CPU_SHARES,
         environment={"OMP_NUM_THREADS": str(threads(policy)), "MKL_NUM_THREADS": str(threads(policy))},
         mounts=[
             _ro_bind(model_dir, MODEL_DIR),
