@@ -4,19 +4,22 @@ Runs `python -m trainer.evaluate --wait-for-model` as a subprocess from each tre
 interpreter, the same fixed probe seed) on one exported model, alternating the order every round, and prints a
 markdown table: the evaluator's own timings after its warm-up (load, probes, scoring, total: what a trial waits
 for once its model is handed over, as in a run, where the warm-up happens before), the process wall time (all of
-its work: imports and warm-up too), val_bpb (it must be the same for both to the last digits: a faster evaluator
-that scores differently is a different evaluator) and the means.
+its work: imports and warm-up too), the process's CPU time in user and kernel mode (the least noisy measure of
+its work on a shared machine; page faults count as kernel time), val_bpb (it must be the same for both to the
+last digits: a faster evaluator that scores differently is a different evaluator) and the means.
 
     python benchmarks/eval_speed.py --model M.pt2 --data DIR --old /tmp/old-tree [--new .] [--rounds 5]
 
 Make the old tree with `git worktree add /tmp/old-tree <commit>`. CPU threads: each process runs as its own
-main() does (`cpu_threads()` of this machine). The old tree must have `--wait-for-model` (2026-11-25 or later). Run it alone on an idle machine.
+main() does (`cpu_threads()` of this machine). The old tree must have `--wait-for-model` (2026-11-25 or later).
+Run it alone on an idle machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,16 +33,19 @@ KEYS = ("load_s", "probe_s", "eval_s", "total_s")
 
 def run_once(tree: Path, model: Path, data: Path, preset: str, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--model", str(model), "--data", str(data),
                         "--preset", preset, "--out", str(out), "--probe-seed", "1", "--wait-for-model", "60"],
                        cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise SystemExit(f"eval_speed: the evaluator of {tree} failed (exit {p.returncode}): "
                          f"{p.stderr.strip().splitlines()[-1:]}")
     res = json.loads(out.read_text())
-    return {**{k: res["timings"][k] for k in KEYS}, "wall_s": wall, "val_bpb": res["val_bpb"],
+    return {**{k: res["timings"][k] for k in KEYS}, "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
+            "sys_s": after.ru_stime - before.ru_stime, "val_bpb": res["val_bpb"],
             "status": res["status"]}
 
 
@@ -63,19 +69,22 @@ def main(argv: list[str] | None = None) -> int:
                                            Path(tmp) / f"{name}.json"))
     print(f"## Evaluator, old ({trees['old']}) vs new ({trees['new']}), `{args.preset}` preset, "
           f"{args.rounds} interleaved rounds\n")
-    print("| evaluator | round | load s | probes s | scoring s | total s | process wall s | val_bpb |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| evaluator | round | load s | probes s | scoring s | total s | process wall s | user s | sys s | val_bpb |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("old", "new"):
         for i, x in enumerate(rows[name]):
             print(f"| {name} | {i + 1} | {x['load_s']:.2f} | {x['probe_s']:.2f} | {x['eval_s']:.2f} | "
-                  f"{x['total_s']:.2f} | {x['wall_s']:.2f} | {x['val_bpb']:.10f} |")
+                  f"{x['total_s']:.2f} | {x['wall_s']:.2f} | {x['user_s']:.2f} | {x['sys_s']:.2f} | "
+                  f"{x['val_bpb']:.10f} |")
     print()
-    print("| evaluator | load s | probes s | scoring s | total s | process wall s |")
-    print("|---|---|---|---|---|---|")
+    print("| evaluator | load s | probes s | scoring s | total s | process wall s | user s | sys s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ("old", "new"):
-        m = {k: statistics.mean(x[k] for x in rows[name]) for k in (*KEYS, "wall_s")}
+        m = {k: statistics.mean(x[k] for x in rows[name]) for k in (*KEYS, "wall_s", "user_s", "sys_s")}
         print(f"| {name} (mean) | {m['load_s']:.2f} | {m['probe_s']:.2f} | {m['eval_s']:.2f} | "
-              f"**{m['total_s']:.2f}** | {m['wall_s']:.2f} |")
+              f"**{m['total_s']:.2f}** | {m['wall_s']:.2f} | {m['user_s']:.2f} | {m['sys_s']:.2f} |")
+    wins = sum(n["total_s"] < o["total_s"] for o, n in zip(rows["old"], rows["new"]))
+    print(f"\nnew faster than old (total s) in {wins} of {args.rounds} rounds")
     same = {x["val_bpb"] for x in rows["old"] + rows["new"]}
     print(f"\nval_bpb: {'identical in every run' if len(same) == 1 else f'{len(same)} different values'}")
     return 0

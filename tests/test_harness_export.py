@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import pytest
 import torch
 
 from harness_fixtures import VOCAB, make_data
-from trainer.harness.export import EXPORT_FAILED, EXPORTING_LINE, ExportError, export_model
+from trainer.harness.export import (EXPORT_FAILED, EXPORTING_LINE, ExportError, export_model,
+                                    without_canonical_form_test)
 
 
 class TinyLM(torch.nn.Module):
@@ -34,6 +36,31 @@ def test_save_model_writes_a_program_that_torch_export_load_runs_with_the_right_
     with torch.no_grad():
         assert torch.allclose(logits, model(idx))
     assert model.training, "the model's train/eval mode is restored"
+
+
+def _entries(path) -> dict[str, bytes]:
+    """An archive's entries by name, without the top folder (torch names it after the file)."""
+    with zipfile.ZipFile(path) as z:
+        return {i.filename.split("/", 1)[-1]: z.read(i) for i in z.infolist()}
+
+
+def test_saving_skips_only_torchs_discarded_self_test_and_writes_the_same_entries(tmp_path, monkeypatch):
+    from torch._export.serde import serialize as serde
+    calls = []
+    real = serde.canonicalize
+    monkeypatch.setattr(serde, "canonicalize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    program = torch.export.export(TinyLM().eval(), (torch.zeros(2, 8, dtype=torch.int64),))
+    torch.export.save(program, tmp_path / "plain.pt2")
+    assert calls == [1], "torch.export.save no longer runs its canonical-form test: update harness/export.py"
+    with without_canonical_form_test():
+        torch.export.save(program, tmp_path / "fast.pt2")
+    assert calls == [1], "the self-test ran anyway"
+    plain, fast = _entries(tmp_path / "plain.pt2"), _entries(tmp_path / "fast.pt2")
+    assert plain.keys() == fast.keys() and all(plain[k] == fast[k] for k in plain)
+    with pytest.raises(RuntimeError), without_canonical_form_test():
+        raise RuntimeError("a failed save")
+    torch.export.save(program, tmp_path / "again.pt2")
+    assert calls == [1, 1], "torch's function is back after the context, also after an error"
 
 
 def test_a_bf16_model_exports_float32_logits(tmp_path):

@@ -1,6 +1,8 @@
 """harness.setup(), the budget clock and the log/report lines: the environment contract of docs/design.md."""
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -114,3 +116,47 @@ def test_report_prints_the_summary_block_and_drops_a_self_reported_score(data, t
     assert captured.out.splitlines() == ["---", "training_seconds: 12.25", "num_steps: 30", "mfu_percent: n/a",
                                          "note: two lines"]
     assert "dropped 'val_bpb'" in captured.err
+
+
+
+HEAP_SCRIPT = """
+import ctypes, json, sys
+import torch
+from trainer import harness
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "setup":
+    harness.setup(json.loads(sys.argv[2]))
+elif sys.argv[1] == "keep":
+    assert harness.keep_freed_memory()
+x = torch.empty(50 * 2**20)                          # 200 MiB: one tensor, one malloc block
+during = mallinfo2()
+del x
+after = mallinfo2()
+print(json.dumps({"own_mapping": during.hblkhd >= 200 * 2**20, "kept_free": after.fordblks >= 200 * 2**20}))
+"""
+
+
+def _heap(*args: str) -> dict:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", HEAP_SCRIPT, *args], cwd=repo, capture_output=True, text=True,
+                         check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)})
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+def test_freed_tensor_memory_is_kept_for_the_next_pass_instead_of_returned_to_the_kernel(data, tmp_path):
+    import json
+    assert _heap("plain") == {"own_mapping": True, "kept_free": False}, "glibc's default: map, then unmap"
+    assert _heap("keep") == {"own_mapping": False, "kept_free": True}
+    assert _heap("setup", json.dumps(env_for(data, tmp_path))) == {"own_mapping": False, "kept_free": True}, \
+        "harness.setup() on the CPU keeps freed memory for train.py"
