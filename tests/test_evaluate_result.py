@@ -278,9 +278,13 @@ def test_a_model_that_never_arrives_ends_the_waiting_evaluator_with_one_line_and
 def test_the_cpu_evaluator_keeps_freed_memory_before_its_first_pass(good, tmp_path, monkeypatch):
     import trainer.evaluate as E
     calls = []
+
+    def stop_at_evaluate(*args, **kwargs):
+        calls.append("evaluate")
+        raise E.DataError("stop here")
+
     monkeypatch.setattr(E, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(E, "evaluate", lambda *a, **k: calls.append("evaluate") or (_ for _ in ()).throw(
-        E.DataError("stop here")))
+    monkeypatch.setattr(E, "evaluate", stop_at_evaluate)
     assert E.main(["--model", str(good), "--data", str(tmp_path), "--preset", "tiny", "--out",
                    str(tmp_path / "r.json")]) == E.EXIT_CANNOT_RUN
     assert calls == ["keep", "evaluate"], "harness.keep_freed_memory (tested in test_harness_setup) comes first"

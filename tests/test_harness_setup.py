@@ -1,7 +1,11 @@
 """harness.setup(), the budget clock and the log/report lines: the environment contract of docs/design.md."""
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,7 +122,6 @@ def test_report_prints_the_summary_block_and_drops_a_self_reported_score(data, t
     assert "dropped 'val_bpb'" in captured.err
 
 
-
 HEAP_SCRIPT = """
 import ctypes, json, sys
 import torch
@@ -143,10 +146,7 @@ print(json.dumps({"own_mapping": during.hblkhd >= 200 * 2**20, "kept_free": afte
 
 
 def _heap(*args: str) -> dict:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    """Run HEAP_SCRIPT in a fresh process (malloc's settings are per process)."""
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", HEAP_SCRIPT, *args], cwd=repo, capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)})
@@ -155,7 +155,6 @@ def _heap(*args: str) -> dict:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
 def test_freed_tensor_memory_is_kept_for_the_next_pass_instead_of_returned_to_the_kernel(data, tmp_path):
-    import json
     assert _heap("plain") == {"own_mapping": True, "kept_free": False}, "glibc's default: map, then unmap"
     assert _heap("keep") == {"own_mapping": False, "kept_free": True}
     assert _heap("setup", json.dumps(env_for(data, tmp_path))) == {"own_mapping": False, "kept_free": True}, \
