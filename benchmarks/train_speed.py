@@ -36,7 +36,7 @@ def run_once(tree: Path, data: Path, preset: str, budget: float, out: Path) -> d
         raise SystemExit(f"train_speed: trainer.direct of {tree} failed (exit {p.returncode}): "
                          f"{p.stderr.strip().splitlines()[-1:]}")
     summary = dict(line.split(": ", 1) for line in p.stdout.splitlines()
-                   if ": " in line and line.split(": ", 1)[0] in ("num_steps", "tokens_per_second", "peak_memory_mb"))
+                   if ": " in line and line.split(": ", 1)[0] in ("num_steps", "tokens_per_second"))
     bpb = next((ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("val_bpb: ")), "nan")
     return {"steps": int(summary["num_steps"]), "tok_s": float(summary["tokens_per_second"]),
             "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,

@@ -363,11 +363,12 @@ def _meta_shape(node) -> tuple[tuple[int, ...], torch.dtype] | None:
     return tuple(int(s) for s in val.shape), val.dtype
 
 
-def _graph_ops(gm: torch.fx.GraphModule, allow_mutable: bool) -> tuple[list, set[str]]:
-    """(placeholders, op names) of a graph whose every node is a placeholder, an allowed op call or the output."""
+def _graph_ops(gm: torch.fx.GraphModule, allow_mutable: bool) -> tuple[list, set[str], bool]:
+    """(placeholders, op names, whether an op of mutable schema was let through) of a graph whose every node is a
+    placeholder, an allowed op call or the output. With allow_mutable, in-place and out= ops are let through."""
     if any(isinstance(m, torch.fx.GraphModule) for name, m in gm.named_modules() if name):
         raise _fail("model graph holds subgraphs (higher-order ops); export plain tensor ops")
-    placeholders, ops = [], set()
+    placeholders, ops, mutable = [], set(), False
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             placeholders.append(node)
@@ -375,16 +376,11 @@ def _graph_ops(gm: torch.fx.GraphModule, allow_mutable: bool) -> tuple[list, set
             why = _allowed_target(node.target)
             if why and not (allow_mutable and why.endswith("mutates its arguments")):
                 raise _fail(f"model graph calls a forbidden op: {why}")
+            mutable = mutable or why is not None
             ops.add(str(node.target))
         elif node.op != "output":
             raise _fail(f"model graph has a {node.op} node; only tensor op calls are allowed")
-    return placeholders, ops
-
-
-def has_mutable_ops(gm: torch.fx.GraphModule) -> bool:
-    """Whether any call in the graph has a mutable schema (an in-place or out= op): only then can it write to state."""
-    return any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
-               for n in gm.graph.nodes)
+    return placeholders, ops, mutable
 
 
 def check_program(ep, batch: int, seq_len: int, vocab_size: int, device: str) -> Program:
@@ -398,8 +394,7 @@ def check_program(ep, batch: int, seq_len: int, vocab_size: int, device: str) ->
     evaluation). Either way the result must hold no mutable op and no mutation output.
     """
     from torch.export.graph_signature import InputKind, OutputKind
-    _graph_ops(ep.graph_module, allow_mutable=True)
-    if has_mutable_ops(ep.graph_module):
+    if _graph_ops(ep.graph_module, allow_mutable=True)[2]:      # an in-place or out= op: it could write to state
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)   # torch-internal deprecation noise (LeafSpec)
@@ -413,7 +408,7 @@ def check_program(ep, batch: int, seq_len: int, vocab_size: int, device: str) ->
     if any(s.kind != OutputKind.USER_OUTPUT for s in sig.output_specs):
         raise _fail("model returns state mutations or gradients; forward must return only logits")
     gm = ep.graph_module
-    placeholders, ops = _graph_ops(gm, allow_mutable=False)
+    placeholders, ops, _ = _graph_ops(gm, allow_mutable=False)
     if len(placeholders) != len(sig.input_specs):
         raise _fail("model graph inputs do not match its signature")
     state, user_index, num_params = [], None, 0
