@@ -61,6 +61,31 @@ def test_a_document_that_fits_sits_whole_in_one_row_after_its_own_bos_and_paddin
             assert layout.rows[r, c + 1] != K.BOS
 
 
+def test_documents_fill_rows_best_fit_not_in_order_and_keep_the_split_order_within_a_row():
+    # rows of 17: in order, 10 | 10 + 7 | 7 would take 3 rows (a third of the slots padding); best fit needs 2, full
+    docs = unique_docs([10, 10, 7, 7])
+    layout = bpb.pack(np.concatenate(docs), K.BOS, SEQ)
+    assert layout.n_rows == 2 and layout.mask.sum(axis=1).tolist() == [9 + 6, 9 + 6]    # no slot is padding
+    assert np.array_equal(layout.rows[0], np.concatenate([docs[0], docs[3]]))
+    assert np.array_equal(layout.rows[1], np.concatenate([docs[1], docs[2]]))
+
+
+def test_best_fit_decreasing_places_every_item_once_within_capacity_in_no_more_bins_than_in_order():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = [int(n) for n in rng.integers(1, 18, size=int(rng.integers(1, 80)))]
+        bins = bpb.best_fit_decreasing(lengths, 17)
+        assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in b) <= 17 for b in bins)
+        in_order, fill = 1, 0
+        for n in lengths:
+            in_order, fill = (in_order, fill + n) if fill + n <= 17 else (in_order + 1, n)
+        assert len(bins) <= in_order
+        assert bins == bpb.best_fit_decreasing(lengths, 17)         # deterministic
+    with pytest.raises(ValueError):
+        bpb.best_fit_decreasing([5, 18], 17)
+
+
 def test_a_long_document_is_split_into_pieces_that_overlap_by_exactly_one_token():
     doc = unique_docs([50])[0]
     parts = bpb.pieces(doc, SEQ + 1)

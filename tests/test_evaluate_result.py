@@ -275,7 +275,7 @@ def test_a_model_that_never_arrives_ends_the_waiting_evaluator_with_one_line_and
     assert "Traceback" not in p.stderr
 
 
-def test_the_cpu_evaluator_keeps_freed_memory_before_its_first_pass(good, tmp_path, monkeypatch):
+def test_the_cpu_evaluator_keeps_freed_memory_and_makes_the_first_math_calls_alone_before_its_first_pass(good, tmp_path, monkeypatch):
     import trainer.evaluate as E
     calls = []
 
@@ -284,7 +284,8 @@ def test_the_cpu_evaluator_keeps_freed_memory_before_its_first_pass(good, tmp_pa
         raise E.DataError("stop here")
 
     monkeypatch.setattr(E, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(E, "first_math_calls", lambda: calls.append("first") or [])
     monkeypatch.setattr(E, "evaluate", stop_at_evaluate)
     assert E.main(["--model", str(good), "--data", str(tmp_path), "--preset", "tiny", "--out",
                    str(tmp_path / "r.json")]) == E.EXIT_CANNOT_RUN
-    assert calls == ["keep", "evaluate"], "harness.keep_freed_memory (tested in test_harness_setup) comes first"
+    assert calls == ["keep", "first", "evaluate"], "harness.keep_freed_memory and first_math_calls (tests/test_harness_setup.py) come first"

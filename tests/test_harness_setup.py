@@ -159,3 +159,18 @@ def test_freed_tensor_memory_is_kept_for_the_next_pass_instead_of_returned_to_th
     assert _heap("keep") == {"own_mapping": False, "kept_free": True}
     assert _heap("setup", json.dumps(env_for(data, tmp_path))) == {"own_mapping": False, "kept_free": True}, \
         "harness.setup() on the CPU keeps freed memory for train.py"
+
+
+def test_setup_makes_the_first_call_of_every_mkl_math_function_on_the_cpu_before_train_py_runs(data, tmp_path,
+                                                                                              monkeypatch):
+    # a parallel first call of tanh or log could give one thread's half of a tensor another result (the evaluator's
+    # determinism probe failed honest models on it, docs/benchmarks.md); setup() makes those calls alone first
+    calls = []
+    monkeypatch.setattr(harness, "first_math_calls", lambda: calls.append("first") or [])
+    harness.setup(env_for(data, tmp_path))
+    assert calls == ["first"]
+
+
+def test_first_math_calls_calls_every_listed_function_on_this_torch():
+    assert harness.first_math_calls() == list(harness.VML_FUNCTIONS)
+    assert {"tanh", "log", "exp"} <= set(harness.VML_FUNCTIONS)     # the ones the model and the metric use

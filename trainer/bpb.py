@@ -3,13 +3,17 @@
 TRUSTED CODE (baked into the trial image; used only by the evaluator).
 
 Eval layout. The val split is cut into documents at their BOS tokens (every document starts with BOS). Rows hold
-seq_len + 1 tokens; a row's inputs are row[:-1] and its targets row[1:]. Whole documents are packed into rows in
-order; when the next document does not fit in what is left of a row, the row is finished with BOS padding AT THE
-END (padding never precedes, and so never conditions, a real target) and the document starts a new row. Each
-document is therefore scored with its own full context. A document longer than a row (more than seq_len + 1 tokens)
-is cut into pieces doc[0:R], doc[R-1:2R-1], ... (R = seq_len + 1) that overlap by one token: a piece's first token
-is context only, so every token after the document's BOS is a target exactly once. A continuation piece sees only
-that one token of its document's earlier text (plus whatever precedes it in its row).
+seq_len + 1 tokens; a row's inputs are row[:-1] and its targets row[1:]. A document longer than a row (more than
+seq_len + 1 tokens) is first cut into pieces doc[0:R], doc[R-1:2R-1], ... (R = seq_len + 1) that overlap by one
+token: a piece's first token is context only, so every token after the document's BOS is a target exactly once. A
+continuation piece sees only that one token of its document's earlier text (plus whatever precedes it in its row).
+Whole pieces are then packed into as few rows as it takes (best fit decreasing: longest first, each into the row it
+fills most tightly), and within a row they keep their order in the split. What is left of a row is BOS padding AT
+THE END (padding never precedes, and so never conditions, a real target). A piece is never cut, so each document
+is scored with its own full context, preceded in its row by other whole documents only. Packing tightly rather
+than in order matters for speed alone: on the default data (500 stories of about 100 tokens, rows of 257) rows
+filled in order were 77% tokens and 23% padding, 260 rows; packed, 201. The score differs only by which other
+documents precede a document in its row.
 
 Which targets count. Each row carries a mask of scored target positions: the tokens of a piece after its first
 one. A scored target weighs its byte length (tokenizer/token_bytes.json); special tokens (BOS) have 0 bytes and are
@@ -26,6 +30,7 @@ uniform logits scores log2(vocab_size) * eval_tokens / eval_bytes (to float32's 
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -92,35 +97,58 @@ def pieces(doc: np.ndarray, row_len: int) -> list[np.ndarray]:
     return [doc[s:s + row_len] for s in range(0, len(doc) - 1, row_len - 1)]
 
 
+def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Assign items to bins of `capacity`: the longest first (ties in index order), each into the bin with the least
+    room that still fits it (of those, the one filled last), a new bin when none has room. Returns each bin's item
+    indices, bins in the order they were opened. Deterministic; O(n log n) plus a move of at most `capacity`
+    entries per item."""
+    if any(not 0 < n <= capacity for n in lengths):
+        raise ValueError(f"every length must be in 1..{capacity}")
+    bins: list[list[int]] = []
+    rooms: list[int] = []                  # the distinct free room of bins that still have some, sorted
+    by_room: dict[int, list[int]] = {}     # free room -> the bins with exactly that much
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        k = bisect.bisect_left(rooms, n)
+        if k == len(rooms):
+            b, room = len(bins), capacity
+            bins.append([])
+        else:
+            room = rooms[k]
+            b = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room]
+                rooms.pop(k)
+        bins[b].append(i)
+        room -= n
+        if room:
+            if room not in by_room:
+                by_room[room] = []
+                bisect.insort(rooms, room)
+            by_room[room].append(b)
+    return bins
+
+
 def pack(tokens: np.ndarray, bos_id: int, seq_len: int) -> EvalLayout:
     """Lay out a val token stream as eval rows (see the module docstring)."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     row_len = seq_len + 1
-    rows: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    row = np.full(row_len, bos_id, np.int64)
-    mask = np.zeros(seq_len, bool)
-    fill = 0
-    for doc in split_documents(np.asarray(tokens), bos_id):
-        for piece in pieces(doc, row_len):
-            n = len(piece)
-            if fill + n > row_len:
-                rows.append(row)
-                masks.append(mask)
-                row = np.full(row_len, bos_id, np.int64)
-                mask = np.zeros(seq_len, bool)
-                fill = 0
-            row[fill:fill + n] = piece
-            mask[fill:fill + n - 1] = True
-            fill += n
-    if fill:
-        rows.append(row)
-        masks.append(mask)
-    if not rows:
+    items = [piece for doc in split_documents(np.asarray(tokens), bos_id) for piece in pieces(doc, row_len)]
+    if not items:
         raise DataError("the val split holds no tokens; run `autoresearch prepare` again")
-    dtype = np.uint16 if int(max(r.max() for r in rows)) < 2**16 else np.int64
-    return EvalLayout(np.stack(rows).astype(dtype), np.stack(masks), bos_id)
+    placed = best_fit_decreasing([len(p) for p in items], row_len)
+    top = int(max(int(p.max()) for p in items))
+    rows = np.full((len(placed), row_len), bos_id, np.uint16 if top < 2**16 else np.int64)
+    mask = np.zeros((len(placed), seq_len), bool)
+    for r, members in enumerate(placed):
+        fill = 0
+        for i in sorted(members):                       # the split's order within a row
+            n = len(items[i])
+            rows[r, fill:fill + n] = items[i]
+            mask[r, fill:fill + n - 1] = True
+            fill += n
+    return EvalLayout(rows, mask, bos_id)
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from . import bpb, probes
-from .harness import cpu_threads, keep_freed_memory
+from .harness import cpu_threads, first_math_calls, keep_freed_memory
 from .harness.launch import exit_now, wait_for
 from .program import InvalidModel, load_program, warm_up
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         torch.set_num_threads(cpu_threads())   # the container's CPU quota, not the host's core count
         keep_freed_memory()                     # each forward pass reuses the last one's pages
+    first_math_calls()                          # before any parallel op: a racy first call made pass 1 differ
     try:
         res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed, args.wait_for_model)
     except SetupError as e:

@@ -111,6 +111,37 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_ABOVE_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
+# torch's CPU kernels that call MKL's vector math library (aten/src/ATen/cpu/vml.h), plus a few that did in other
+# torch versions; every one takes an argument in (0, 1)
+VML_FUNCTIONS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "expm1", "log", "log10", "log1p",
+                 "log2", "sin", "sqrt", "tan", "tanh", "trunc", "abs")
+
+
+def first_math_calls() -> list[str]:
+    """Make the process's first call of each of torch's MKL vector-math functions here, serially, on a tiny tensor.
+
+    Seen with torch 2.13 on a 2-core AVX-512 machine: a fresh process's first parallel call of torch.tanh
+    sometimes gave a different result on the part one of its two threads computed (up to 9e-5 on half the
+    elements of a (16, 256, 1625) tensor), and every later call agreed with the others; torch.log did the same.
+    In the evaluator, the exported model's first forward pass then differed from every later one at the positions
+    of one thread's half of the batch (first at the softcap's tanh: up to 5e-5, and up to 1e-3 nats in the
+    log-probs). The determinism probe compares exactly that pass with a second one, so honest models failed it:
+    4 of 10 candidates in one run of the loop, 1 of 3 baseline runs in another. Our reading is that MKL sets a
+    function up on its first call and two threads making that call at once can race; a first call made by one
+    thread alone, as here (a tiny tensor is below torch's parallel grain size), leaves nothing to race. Float32
+    and float64 (MKL has a routine for each). Returns the names called. Takes milliseconds; call it before the
+    first parallel op.
+    """
+    called = []
+    for dtype in (torch.float32, torch.float64):
+        x = torch.linspace(0.25, 0.75, 64, dtype=dtype)
+        for name in VML_FUNCTIONS:
+            getattr(torch, name)(x)
+            if dtype is torch.float32:
+                called.append(name)
+    return called
+
+
 def _env_number(env, name: str, kind, minimum):
     raw = env.get(name)
     if raw is None or raw == "":
@@ -225,6 +256,7 @@ def setup(env: dict | None = None) -> Run:
     if device == "cpu":
         torch.set_num_threads(cpu_threads())
         keep_freed_memory()
+        first_math_calls()
 
     return Run(preset_name=preset_name, preset=preset, seq_len=int(preset["seq_len"]),
                eval_batch_size=int(preset["eval_batch_size"]), vocab_size=int(meta["vocab_size"]),
