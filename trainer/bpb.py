@@ -138,7 +138,7 @@ def pack(tokens: np.ndarray, bos_id: int, seq_len: int) -> EvalLayout:
     if not items:
         raise DataError("the val split holds no tokens; run `autoresearch prepare` again")
     placed = best_fit_decreasing([len(p) for p in items], row_len)
-    top = int(max(int(p.max()) for p in items))
+    top = max(int(p.max()) for p in items)
     rows = np.full((len(placed), row_len), bos_id, np.uint16 if top < 2**16 else np.int64)
     mask = np.zeros((len(placed), seq_len), bool)
     for r, members in enumerate(placed):
