@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from a fresh machine: set up, prepare the synthetic data, build the trial
 # image, create an experiment repository, run the baseline and a few trials with the offline `mutate` proposer on
-# the CPU, and write the report.  Environment knobs: TRIALS (default 3), POLICY (default: policies/default.yaml),
-# EXPERIMENT (default ./experiment), AUTORESEARCH_DATA (default ~/.cache/autoresearch/data).
+# the CPU, and write the report.  Environment knobs: TRIALS (default 3), POLICY (default: policies/default.yaml;
+# a path, or a built-in policy's name), EXPERIMENT (default ./experiment), AUTORESEARCH_DATA (default
+# ~/.cache/autoresearch/data). A relative path is taken from the directory the script is started in.
 set -euo pipefail
+CALLER=$PWD
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+
+# A relative path means one from where the script was started (the commands below run in other directories).
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }
+
 TRIALS=${TRIALS:-3}
 POLICY=${POLICY:-$ROOT/policies/default.yaml}
-EXPERIMENT=${EXPERIMENT:-$ROOT/experiment}
-export AUTORESEARCH_DATA=${AUTORESEARCH_DATA:-$HOME/.cache/autoresearch/data}
+# a policy file by its path; a bare name (default, tiny, h100) is one of the built-in policies
+if [ -e "$(absolute "$POLICY")" ]; then POLICY=$(absolute "$POLICY"); fi
+EXPERIMENT=$(absolute "${EXPERIMENT:-$ROOT/experiment}")
+AUTORESEARCH_DATA=$(absolute "${AUTORESEARCH_DATA:-$HOME/.cache/autoresearch/data}")
+export AUTORESEARCH_DATA
 
 bash scripts/setup.sh
 
