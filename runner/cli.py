@@ -59,6 +59,12 @@ def _runs(repo: Path) -> list[dict]:
     return sorted(out, key=lambda m: m.get("created_at", 0))
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """Trials by status, for a person: "keep 2, discard 5, crash 1" (keep and discard first, the rest by name)."""
+    order = ["keep", "discard"] + sorted(k for k in counts if k not in ("keep", "discard"))
+    return ", ".join(f"{k} {counts[k]}" for k in order if counts.get(k)) or "no trials"
+
+
 def _tag(args) -> str:
     """--tag, else the most recent run of the repository."""
     if args.tag:
@@ -123,7 +129,7 @@ def _run(args, max_trials, resume) -> int:
     base, best = summary.baseline_bpb, summary.best_bpb
     gain = f" ({100 * (base - best) / base:+.2f}% vs baseline {base:.6f})" if base and best is not None else ""
     print(f"run {tag}: {summary.stopped}; best val_bpb {best:.6f}{gain} at {summary.best_commit[:12]} on branch "
-          f"autoresearch/{tag}; {summary.counts}")
+          f"autoresearch/{tag}; {_counts(summary.counts)}")
     print(f"ledger {summary.run_dir / 'trials.jsonl'}, report {md}, plot {png}")
     return 0
 
@@ -162,7 +168,7 @@ def cmd_status(args) -> int:
     s = summarize(args.tag, run_dir, recs)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
     print(f"run {args.tag}: {s.trials} trials, best {fmt(s.best_bpb)} at {s.best_commit[:12] or '-'}, "
-          f"baseline {fmt(s.baseline_bpb)}; {s.counts}")
+          f"baseline {fmt(s.baseline_bpb)}; {_counts(s.counts)}")
     for r in recs[-args.last:]:
         print(f"  {r.trial:>4}  {r.status:<13} {fmt(r.val_bpb)}  {(r.commit or '-')[:7]}  {r.description}")
     return 0
