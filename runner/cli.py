@@ -190,7 +190,7 @@ def cmd_reproduce(args) -> int:
     from .live import PlainView
     from .reproduce import reproduce
     tag = _tag(args)
-    rec, outcome = reproduce(Path(args.repo), tag, args.trial, events=PlainView() if args.verbose else None)
+    rec, outcome, policy = reproduce(Path(args.repo), tag, args.trial, events=PlainView() if args.verbose else None)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
     diff = (f"{outcome.val_bpb - rec.val_bpb:+.6f}" if outcome.val_bpb is not None and rec.val_bpb is not None
             else "-")
@@ -199,6 +199,13 @@ def cmd_reproduce(args) -> int:
     print(f"  ledger:     {rec.status:<10} val_bpb {fmt(rec.val_bpb)}")
     print(f"  reproduced: {outcome.status:<10} val_bpb {fmt(outcome.val_bpb)}  difference {diff}"
           + (f"  ({outcome.error})" if outcome.status != "ok" and outcome.error else ""))
+    steps = outcome.train_summary.get("num_steps")
+    if rec.num_steps is not None or steps is not None:
+        why = (f"train.max_steps {policy.train.max_steps}: a step-for-step repeat" if policy.train.max_steps
+               else "the budget is wall-clock time, so a repeat makes other steps and lands elsewhere; "
+                    "train.max_steps in the policy makes it step for step")
+        count = lambda n: "-" if n is None else f"{n:g}"  # noqa: E731 - train.py's own count (a float)
+        print(f"  steps:      ledger {count(rec.num_steps)}, reproduced {count(steps)} ({why})")
     return 0
 
 

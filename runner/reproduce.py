@@ -23,7 +23,7 @@ from .workspace import Workspace
 
 def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None = None,
               events: Events | None = None):
-    """Returns (the ledger record, the new TrialOutcome)."""
+    """Returns (the ledger record, the new TrialOutcome, the run's policy)."""
     ws = Workspace(repo)
     run_dir = run_dir_of(ws.root, tag)
     meta_path = run_dir / "run.json"
@@ -50,4 +50,4 @@ def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None 
     spec = TrialSpec(run_tag=f"{tag}-reproduce", trial_id=str(trial_id), candidate_dir=candidate, data_dir=data,
                      policy=policy, image=rec.image_digest or rec.image, seed=rec.seed, work_dir=work)
     outcome = (trial_fn or default_trial_fn())(spec, (events or Events()).line)
-    return rec, outcome
+    return rec, outcome, policy

@@ -114,6 +114,7 @@ def test_a_real_run_keeps_the_good_discards_the_bad_and_records_the_crash(tmp_pa
     assert p.returncode == 0, p.stdout + p.stderr
     again = float(re.search(r"reproduced: ok\s+val_bpb (\S+)", p.stdout).group(1))
     assert f"{good.val_bpb:.6f}" in p.stdout and again == pytest.approx(good.val_bpb, abs=0.01)
+    assert "steps:      ledger 8, reproduced 8 (train.max_steps 8: a step-for-step repeat)" in p.stdout
     assert not labelled(docker_client, f"{tag}-reproduce")
 
 
