@@ -179,6 +179,8 @@ def cmd_report(args) -> int:
     from .report import write
     tag = _tag(args)
     run_dir = run_dir_of(Path(args.repo), tag)
+    if not (run_dir / "run.json").exists():
+        raise UserError(f"no run {tag} in {run_dir.parent}; `autoresearch status` lists the runs")
     if not (run_dir / "trials.jsonl").exists():
         raise UserError(f"run {tag} has no ledger in {run_dir}; run some trials first")
     png, md = write(run_dir, tag)
