@@ -39,7 +39,7 @@ from runner.policy import load_policy  # noqa: E402
 from runner.sandbox.preflight import connect  # noqa: E402
 from runner.sandbox.slot import open_slot  # noqa: E402
 
-ENGINE = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "runc", "docker-init")
+ENGINE = ("dockerd", "containerd", "containerd-shim", "runc", "docker-init")   # /proc/PID/comm: at most 15 chars
 QUIET_CPU_S, QUIET_WINDOW_S, READY_LIMIT_S = 0.05, 0.5, 60.0
 CLK = os.sysconf("SC_CLK_TCK")
 
