@@ -149,7 +149,7 @@ def cmd_baseline(args) -> int:
 
 def cmd_status(args) -> int:
     from .ledger import Ledger
-    from .loop import run_dir_of, summarize
+    from .loop import existing_run_dir, run_dir_of, summarize
     if not args.tag:
         runs = _runs(args.repo)
         if not runs:
@@ -161,9 +161,7 @@ def cmd_status(args) -> int:
             best = f"{s.best_bpb:.6f}" if s.best_bpb is not None else "-"
             print(f"{m['tag']:<24} trials {s.trials:>4}  best {best}  {m.get('proposer')}")
         return 0
-    run_dir = run_dir_of(Path(args.repo), args.tag)
-    if not (run_dir / "run.json").exists():
-        raise UserError(f"no run {args.tag} in {run_dir.parent}; `autoresearch status` lists the runs")
+    run_dir = existing_run_dir(Path(args.repo), args.tag)
     recs = Ledger(run_dir).records()
     s = summarize(args.tag, run_dir, recs)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
@@ -175,12 +173,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .loop import run_dir_of
+    from .loop import existing_run_dir
     from .report import write
     tag = _tag(args)
-    run_dir = run_dir_of(Path(args.repo), tag)
-    if not (run_dir / "run.json").exists():
-        raise UserError(f"no run {tag} in {run_dir.parent}; `autoresearch status` lists the runs")
+    run_dir = existing_run_dir(Path(args.repo), tag)
     if not (run_dir / "trials.jsonl").exists():
         raise UserError(f"run {tag} has no ledger in {run_dir}; run some trials first")
     png, md = write(run_dir, tag)

@@ -77,6 +77,14 @@ def run_dir_of(repo: Path, tag: str) -> Path:
     return Path(repo) / "runs" / check_tag(tag)
 
 
+def existing_run_dir(repo: Path, tag: str) -> Path:
+    """run_dir_of a run that was started (it has run.json); a UserError naming the tag otherwise."""
+    run_dir = run_dir_of(repo, tag)
+    if not (run_dir / "run.json").exists():
+        raise UserError(f"no run {tag} in {run_dir.parent}; `autoresearch status` lists the runs")
+    return run_dir
+
+
 def default_trial_fn():
     from .trial import run_trial
     return run_trial

@@ -16,7 +16,7 @@ from trainer.shards import manifest_sha256
 
 from .errors import UserError
 from .ledger import Ledger
-from .loop import Events, default_trial_fn, resolve_data_dir, run_dir_of
+from .loop import Events, default_trial_fn, existing_run_dir, resolve_data_dir
 from .policy import Policy
 from .workspace import Workspace
 
@@ -25,11 +25,8 @@ def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None 
               events: Events | None = None):
     """Returns (the ledger record, the new TrialOutcome, the run's policy)."""
     ws = Workspace(repo)
-    run_dir = run_dir_of(ws.root, tag)
-    meta_path = run_dir / "run.json"
-    if not meta_path.exists():
-        raise UserError(f"no run {tag} in {run_dir.parent}; `autoresearch status` lists the runs")
-    meta = json.loads(meta_path.read_text())
+    run_dir = existing_run_dir(ws.root, tag)
+    meta = json.loads((run_dir / "run.json").read_text())
     recs = [r for r in Ledger(run_dir).records() if r.trial == trial_id]
     if not recs:
         raise UserError(f"run {tag} has no trial {trial_id} in its ledger; `autoresearch status --tag {tag}` "

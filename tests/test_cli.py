@@ -116,9 +116,9 @@ def test_status_lists_runs_and_shows_one(finished_run, capsys):
     assert out.splitlines()[0].endswith("; keep 2, discard 1, crash 1")      # the counts, read as a person would
 
 
-def test_status_and_report_of_an_unknown_run_are_one_line(finished_run):
-    for command in ("status", "report"):
-        assert_one_line_error(cli(command, "--repo", finished_run, "--tag", "nope"), "no run nope in",
+def test_status_report_and_reproduce_of_an_unknown_run_are_one_line(finished_run):
+    for command in (["status"], ["report"], ["reproduce", "1"]):
+        assert_one_line_error(cli(*command, "--repo", finished_run, "--tag", "nope"), "no run nope in",
                               "`autoresearch status` lists the runs")
 
 
