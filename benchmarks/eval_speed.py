@@ -6,7 +6,9 @@ markdown table: the evaluator's own timings after its warm-up (load, probes, sco
 for once its model is handed over, as in a run, where the warm-up happens before), the process wall time (all of
 its work: imports and warm-up too), the process's CPU time in user and kernel mode (the least noisy measure of
 its work on a shared machine; page faults count as kernel time), val_bpb (it must be the same for both to the
-last digits: a faster evaluator that scores differently is a different evaluator) and the means.
+last digits: a faster evaluator that scores differently is a different evaluator; the same to about 1e-15 when
+only the order of the float64 sums changed) and the means. Then what each tree's probes covered: the eval batches
+each probe checked and the causality passes per batch (K; an evaluator from before 2026-12-03 probes one batch).
 
     python benchmarks/eval_speed.py --model M.pt2 --data DIR --old /tmp/old-tree [--new .] [--rounds 5]
 
@@ -44,9 +46,12 @@ def run_once(tree: Path, model: Path, data: Path, preset: str, out: Path) -> dic
         raise SystemExit(f"eval_speed: the evaluator of {tree} failed (exit {p.returncode}): "
                          f"{p.stderr.strip().splitlines()[-1:]}")
     res = json.loads(out.read_text())
+    pr = res["probes"]
+    cover = {n: pr[n].get("batches", 1) for n in ("determinism", "batch_independence", "causality")}
     return {**{k: res["timings"][k] for k in KEYS}, "wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
             "sys_s": after.ru_stime - before.ru_stime, "val_bpb": res["val_bpb"],
-            "status": res["status"]}
+            "status": res["status"], "cover": cover, "K": pr.get("causality_passes"),
+            "miss_bound": pr.get("miss_bound")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     wins = sum(n["total_s"] < o["total_s"] for o, n in zip(rows["old"], rows["new"]))
     print(f"\nnew faster than old (total s) in {wins} of {args.rounds} rounds")
     same = {x["val_bpb"] for x in rows["old"] + rows["new"]}
-    print(f"\nval_bpb: {'identical in every run' if len(same) == 1 else f'{len(same)} different values'}")
+    spread = max(same) - min(same)
+    print(f"\nval_bpb: {'identical in every run' if len(same) == 1 else f'{len(same)} values, {spread:.2g} apart'}")
+    print("\n| evaluator | batches probed (determinism, batch independence, causality) | causality passes per batch | "
+          "miss bound, peek at 1% |")
+    print("|---|---|---|---|")
+    for name in ("old", "new"):
+        x = rows[name][0]
+        c = x["cover"]
+        k = x["K"] if x["K"] is not None else "4 passes on one batch"
+        bound = f"{x['miss_bound']:.2g}" if x["miss_bound"] is not None else "-"
+        print(f"| {name} | {c['determinism']}, {c['batch_independence']}, {c['causality']} | {k} | {bound} |")
     return 0
 
 

@@ -1,9 +1,9 @@
 """Benchmark: the loop's duty cycle and research result with the `mutate` proposer on CPU.
 
 For each trial of a real run (real git, real containers), the share of its wall time spent inside the training
-budget (train.py's own `training_seconds`) versus everything else: proposal, patch check, git, container start
-(taking or making the trial's containers, then hand-over -> first step), the rest of the train container (the
-last step, export, exit), eval (model hand-over -> exit), bookkeeping (ledger, report, the gap to the next
+budget (train.py's own `training_seconds`: the ledger's claimed_training_seconds) versus everything else:
+proposal, patch check, git, container start (taking or making the trial's containers, then hand-over -> first
+step), the rest of the train container (the last step, export, exit), eval (model hand-over -> exit), bookkeeping (ledger, report, the gap to the next
 trial). Then the best val_bpb after the run's trials versus the baseline, as a % improvement. Prints markdown tables (for docs/benchmarks.md).
 
     python benchmarks/loop_duty_cycle.py                       # 10 trials at a 60 s budget, `cpu` preset
@@ -48,7 +48,7 @@ def policy_for(args):
     base = load_policy(args.policy)
     raw = base.model_dump()
     raw["preset"] = args.preset
-    raw["train"] = {**raw["train"], "budget_seconds": args.budget, "timeout_seconds": args.budget + 180}
+    raw["train"] = {**raw["train"], "budget_seconds": args.budget, "allowance_seconds": 180}
     raw["eval"] = {**raw["eval"], "timeout_seconds": args.eval_timeout}
     raw["proposer"] = {**raw["proposer"], "kind": "mutate"}
     return type(base).model_validate(raw)
@@ -56,7 +56,7 @@ def policy_for(args):
 
 def phases(r: TrialRecord, wall: float) -> dict:
     t, tt = r.timings, r.trial_timings
-    training = (r.training_seconds or 0.0) + ((r.confirm or {}).get("training_seconds") or 0.0)
+    training = (r.claimed_training_seconds or 0.0) + ((r.confirm or {}).get("claimed_training_seconds") or 0.0)
     to_first_step = tt.get("train_startup_s") or 0.0       # hand-over of train.py -> its first step line
     startup = (tt.get("slot_s") or 0.0) + to_first_step     # + taking (or making) the trial's containers
     train_wall = tt.get("train_host_s") or 0.0            # from the hand-over of train.py to the exit

@@ -53,7 +53,7 @@ class TimedStandby(Standby):
 def policy_for(preset: str, budget: float):
     base = load_policy("default")
     return base.model_validate({**base.model_dump(), "preset": preset,
-                                "train": {"budget_seconds": budget, "timeout_seconds": budget + 120},
+                                "train": {"budget_seconds": budget, "allowance_seconds": 120},
                                 "eval": {"timeout_seconds": 300}})
 
 

@@ -61,7 +61,7 @@ def direct(data: Path, preset: str, budget: float, seed: int, out: Path) -> dict
 def sandboxed(data: Path, preset: str, budget: float, seed: int, image: str, work: Path) -> dict:
     base = load_policy("default")
     pol = base.model_validate({**base.model_dump(), "preset": preset,
-                               "train": {"budget_seconds": budget, "timeout_seconds": budget + 120},
+                               "train": {"budget_seconds": budget, "allowance_seconds": 120},
                                "eval": {"timeout_seconds": 600}})
     cand = work / "candidate"
     cand.mkdir(parents=True)

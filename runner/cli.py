@@ -11,10 +11,13 @@
     autoresearch doctor                         engine, image, data, GPU runtime, endpoint: each with a fix
 
 User errors print one line and exit 1; argparse usage errors exit 2; Ctrl-C exits 130.
+Text that may come from a candidate or an LLM (descriptions, reasons, errors, an endpoint's answers) is printed
+through runner.text.one_line: control and format characters escaped.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -27,6 +30,7 @@ from trainer.shards import DataError
 
 from .errors import AutoresearchError, UserError
 from .policy import load_policy
+from .text import one_line
 
 DATA_ENV = "AUTORESEARCH_DATA"
 
@@ -104,10 +108,14 @@ def cmd_build(args) -> int:
 
 def _run(args, max_trials, resume) -> int:
     from .live import LiveView, PlainView
-    from .loop import Run, RunConfig
-    from .report import write
+    from .decision import noop_warning
+    from .loop import Run, RunConfig, run_dir_of
+    from .report import run_policy, write
     policy = _policy(args, required=not resume)
     tag = args.tag or (_tag(args) if resume else time.strftime("%b%d-%H%M").lower())
+    rules = policy if policy is not None else run_policy(run_dir_of(Path(args.repo), tag))
+    if rules is not None and (warning := noop_warning(rules)):
+        print(f"autoresearch: {warning}", file=sys.stderr, flush=True)
     data = args.data or (None if resume else _default_data())
     cfg = RunConfig(repo=Path(args.repo), tag=tag, data_dir=data, policy=policy,
                     proposer=getattr(args, "proposer", None), max_trials=max_trials,
@@ -159,7 +167,7 @@ def cmd_status(args) -> int:
             recs = Ledger(run_dir_of(Path(args.repo), m["tag"])).records()
             s = summarize(m["tag"], Path("."), recs)
             best = f"{s.best_bpb:.6f}" if s.best_bpb is not None else "-"
-            print(f"{m['tag']:<24} trials {s.trials:>4}  best {best}  {m.get('proposer')}")
+            print(one_line(f"{m['tag']:<24} trials {s.trials:>4}  best {best}  {m.get('proposer')}"))
         return 0
     run_dir = existing_run_dir(Path(args.repo), args.tag)
     recs = Ledger(run_dir).records()
@@ -168,7 +176,8 @@ def cmd_status(args) -> int:
     print(f"run {args.tag}: {s.trials} trials, best {fmt(s.best_bpb)} at {s.best_commit[:12] or '-'}, "
           f"baseline {fmt(s.baseline_bpb)}; {_counts(s.counts)}")
     for r in recs[-args.last:]:
-        print(f"  {r.trial:>4}  {r.status:<13} {fmt(r.val_bpb)}  {(r.commit or '-')[:7]}  {r.description}")
+        print(f"  {r.trial:>4}  {r.status:<13} {fmt(r.val_bpb)}  {(r.commit or '-')[:7]}  "
+              f"{one_line(r.description)}")
     return 0
 
 
@@ -196,7 +205,7 @@ def cmd_reproduce(args) -> int:
           f"{(rec.image_digest or rec.image or '-')[:19]})")
     print(f"  ledger:     {rec.status:<10} val_bpb {fmt(rec.val_bpb)}")
     print(f"  reproduced: {outcome.status:<10} val_bpb {fmt(outcome.val_bpb)}  difference {diff}"
-          + (f"  ({outcome.error})" if outcome.status != "ok" and outcome.error else ""))
+          + (f"  ({one_line(outcome.error)})" if outcome.status != "ok" and outcome.error else ""))
     steps = outcome.train_summary.get("num_steps")
     if rec.num_steps is not None or steps is not None:
         why = (f"train.max_steps {policy.train.max_steps}: a step-for-step repeat" if policy.train.max_steps
@@ -214,7 +223,8 @@ def cmd_doctor(args) -> int:
     results = checks(Path(args.repo), policy, args.data or _default_data(), args.image, proposer)
     for c in results:
         mark = "ok  " if c.ok else "FAIL"
-        print(f"{mark} {c.name:<9} {c.detail}" + ("" if c.ok or not c.fix else f"\n     fix: {c.fix}"))
+        print(f"{mark} {c.name:<9} {one_line(c.detail)}" + ("" if c.ok or not c.fix else
+                                                             f"\n     fix: {one_line(c.fix)}"))
     bad = [c.name for c in results if not c.ok]
     print("all checks passed" if not bad else f"{len(bad)} check(s) failed: {', '.join(bad)}")
     return 1 if bad else 0
@@ -291,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (AutoresearchError, DataError) as e:
-        print(f"autoresearch: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"autoresearch: error: {one_line(' '.join(str(e).split()))}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {one_line(str(e.filename))}" if e.filename else ""
+        print(f"autoresearch: error: the disk is full{where} ({e.strerror}); free space on it, then run again "
+              "(a run continues with --resume)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)

@@ -11,7 +11,14 @@ Candidates all train with the run's seed, so the main comparison is paired: same
 The bar is the baseline run with that seed, not the mean of the repeats: the wall-clock budget makes one seed land
 somewhat differently each time, but measured side by side the seed moves val_bpb more (cpu preset, 60 s: std 0.0035
 over 4 runs of one seed, 0.0078 over 4 seeds; docs/benchmarks.md, "Seed noise"), and pairing cancels that part.
-A trial that did not end `ok` is never kept; its own status (crash, timeout, ...) is its verdict.
+A trial that did not end `ok` is never kept; its own status (crash, over_budget, ...) is its verdict.
+
+A policy with no bar at all (min_delta 0 and no noise estimate) keeps a change that does nothing whenever the
+run-to-run noise favours it, unless the runs are bit-reproducible: `train.max_steps` on the CPU makes a run of
+unchanged code give exactly the best's val_bpb, which the strict rule never keeps. `noop_warning` says so in one
+line; `run`, `baseline` and the report show it. A step-limited run that the time budget stopped before
+max_steps (a loaded machine) is not reproducible either: `short_of_steps` says so, and such a run is never kept
+(a baseline that falls short stops the run with the fix).
 """
 from __future__ import annotations
 
@@ -40,6 +47,29 @@ def noise_std(bpbs: list[float]) -> float | None:
 
 def threshold(rules: Decision, std: float | None) -> float:
     return max(rules.min_delta, rules.noise_sigmas * std if std else 0.0)
+
+
+def noop_warning(policy) -> str | None:
+    """One line when the policy can keep an unchanged train.py (a zero bar and runs that differ), else None."""
+    rules, train = policy.decision, policy.train
+    reproducible = train.max_steps is not None and not policy.wants_gpu   # CUDA kernels are not bit-reproducible
+    no_noise_bar = rules.baseline_repeats < 2 or rules.noise_sigmas == 0
+    if reproducible or rules.min_delta > 0 or not no_noise_bar:
+        return None
+    why = "on a GPU" if policy.wants_gpu and train.max_steps is not None else "no train.max_steps"
+    return ("WARNING: this policy can keep a change that does nothing: decision.min_delta is 0, there is no noise "
+            f"estimate (baseline_repeats 1 or noise_sigmas 0) and runs are not bit-reproducible ({why}), so noise "
+            "alone can look like a gain; set decision.min_delta, decision.baseline_repeats >= 2 or train.max_steps")
+
+
+def short_of_steps(max_steps: int | None, num_steps: int | None) -> str | None:
+    """With train.max_steps: one line when the run reported fewer steps (the time budget stopped it first), which
+    makes its val_bpb not comparable step for step; None otherwise (no step limit, or the count was not reported)."""
+    if max_steps is None or num_steps is None or num_steps >= max_steps:
+        return None
+    return (f"trained {num_steps} of train.max_steps {max_steps} steps before the time budget ran out, so its "
+            "val_bpb is not reproducible step for step; raise train.budget_seconds or lower train.max_steps "
+            "(or run on a less loaded machine)")
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:

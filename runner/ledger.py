@@ -5,7 +5,8 @@ trial is either fully in the ledger or not at all (a trial with no line is re-ru
 left by a killed writer is cut off when the ledger is opened for appending; a bad line anywhere else is an error.
 
 results.tsv is regenerated from the ledger after every append (autoresearch's columns: commit, val_bpb, memory_gb,
-status, description) so the two can never disagree.
+status, description) so the two can never disagree. Its description column is a person's view: one line, control
+and format characters escaped (runner.text.one_line); the ledger (JSON, ASCII-escaped) keeps the exact text.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from pathlib import Path
 from trainer.shards import atomic_write_bytes
 
 from .errors import UserError
+from .text import one_line
 
 SCHEMA = "autoresearch.trial/1"
-STATUSES = ("keep", "discard", "crash", "timeout", "oom", "export_failed", "violation", "infra", "rejected")
-FAILED = ("crash", "timeout", "oom", "export_failed", "violation", "infra")
+STATUSES = ("keep", "discard", "crash", "timeout", "over_budget", "oom", "export_failed", "violation", "infra",
+            "rejected")
+FAILED = ("crash", "timeout", "over_budget", "oom", "export_failed", "violation", "infra")
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+LOG_TAIL_CHARS = 4000                   # of a failed trial's train log, kept in its record
 
 
 @dataclass
@@ -42,7 +46,8 @@ class TrialRecord:
     val_bpb: float | None = None
     best_bpb_before: float | None = None    # the best BPB this trial was compared against
     threshold: float | None = None          # the gain it needed (max(min_delta, noise_sigmas * noise_std))
-    training_seconds: float | None = None
+    training_seconds: float | None = None   # the host's clock: hand-over of train.py -> the train container's exit
+    claimed_training_seconds: float | None = None   # train.py's own `training_seconds` line: informational only
     peak_memory_mb: float | None = None
     num_steps: int | None = None
     train_tokens: int | None = None
@@ -67,6 +72,33 @@ class TrialRecord:
     def from_dict(cls, d: dict) -> "TrialRecord":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def number(x) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def fill(rec: TrialRecord, o) -> None:
+    """Copy a TrialOutcome's measurements into the record. Its training seconds are the host's clock (hand-over
+    of train.py -> the train container's exit); what train.py printed about itself is kept as its claim only."""
+    s = dict(o.train_summary or {})
+    rec.outcome = o.status
+    rec.val_bpb = o.val_bpb if o.status == "ok" else None
+    rec.train_summary = s
+    rec.training_seconds = number((o.timings or {}).get("train_host_s"))
+    rec.claimed_training_seconds = number(s.get("training_seconds"))
+    rec.peak_memory_mb = number(s.get("peak_memory_mb"))
+    steps = number(s.get("num_steps"))
+    rec.num_steps = int(steps) if steps is not None else None
+    tps, claimed = number(s.get("tokens_per_second")), rec.claimed_training_seconds
+    rec.train_tokens = round(tps * claimed) if tps is not None and claimed else None   # claims: informational
+    rec.image_digest = o.image_digest
+    rec.trial_timings = dict(o.timings or {})
+    if o.status != "ok":
+        rec.log_tail = (o.log_tail or "")[-LOG_TAIL_CHARS:]
 
 
 def _finite_or_none(x):
@@ -125,7 +157,8 @@ class Ledger:
         row = asdict(record)
         for k in ("val_bpb", "best_bpb_before", "threshold", "noise_std"):
             row[k] = _finite_or_none(row[k])
-        line = (json.dumps(row, sort_keys=True, allow_nan=False, default=str) + "\n").encode()
+        # ensure_ascii: a candidate's control and bidi characters are written as \uXXXX, never as raw bytes
+        line = (json.dumps(row, sort_keys=True, allow_nan=False, default=str, ensure_ascii=True) + "\n").encode()
         new = not self.path.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.repair()
@@ -150,7 +183,7 @@ def results_tsv(records: list[TrialRecord]) -> str:
         commit = (r.commit or "-")[:7]
         bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "0.000000"
         mem = f"{(r.peak_memory_mb or 0) / 1024:.1f}"
-        desc = " ".join(r.description.split())
+        desc = one_line(" ".join(r.description.split()))
         out.append(f"{commit}\t{bpb}\t{mem}\t{r.status}\t{desc}\n")
     return "".join(out)
 

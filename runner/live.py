@@ -3,6 +3,9 @@
 `LiveView` (rich, for a terminal) and `PlainView` (one line per event, for logs and pipes) implement the loop's
 `Events`. Progress lines from the train container (`step=N loss=X ... remaining_s=S`) are untrusted text: only
 those numbers are picked out, and nothing from them is ever used as a score.
+
+Every string that comes from a candidate or an LLM (progress values, descriptions, reasons) is shown through
+runner.text.one_line (control and format characters escaped) and, in rich, as a Text object, never as markup.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from rich.text import Text
 
 from .ledger import TrialRecord
 from .loop import Events, RunSummary
+from .text import one_line
 
 PAIR = re.compile(r"(\w+)=(\S+)")
 MAX_FIELD = 32
@@ -43,9 +47,9 @@ def _line(rec: TrialRecord) -> str:
     delta = ""
     if rec.val_bpb is not None and rec.best_bpb_before is not None:
         delta = f" ({rec.val_bpb - rec.best_bpb_before:+.6f})"
-    why = f" - {rec.reason}" if rec.status not in ("keep", "discard") and rec.reason else ""
+    why = f" - {one_line(rec.reason)}" if rec.status not in ("keep", "discard") and rec.reason else ""
     return (f"trial {rec.trial:>3} {rec.status:<13} {_fmt_bpb(rec.val_bpb)}{delta}  "
-            f"{rec.description}{why}")[:300]
+            f"{one_line(rec.description)}{why}")[:300]
 
 
 class LiveView(Events):
@@ -74,14 +78,14 @@ class LiveView(Events):
         t = Table.grid(padding=(0, 2))
         t.add_column(style="bold")
         t.add_column()
-        t.add_row("run", self.tag or "-")
+        t.add_row("run", Text(one_line(self.tag or "-")))
         if self.trial is not None:
             t.add_row("trial", f"{self.trial} ({self.kind})  {time.monotonic() - self.t_trial:.0f} s")
-        t.add_row("phase", f"{self.phase_name} {self.detail}".strip() or "-")
-        p = self.progress
+        t.add_row("phase", Text(one_line(f"{self.phase_name} {self.detail}".strip() or "-")))
+        p = {k: one_line(v) for k, v in self.progress.items()}
         if p:
-            t.add_row("training", f"step {p.get('step', '?')}  loss {p.get('loss', '?')}  "
-                                  f"remaining {p.get('remaining_s', '?')} s")
+            t.add_row("training", Text(f"step {p.get('step', '?')}  loss {p.get('loss', '?')}  "
+                                       f"remaining {p.get('remaining_s', '?')} s"))
         best = self.summary.best_bpb if self.summary else None
         base = self.summary.baseline_bpb if self.summary else None
         t.add_row("best bpb", f"{_fmt_bpb(best)}  (baseline {_fmt_bpb(base)})")
@@ -93,8 +97,9 @@ class LiveView(Events):
 
     def run_started(self, info: dict) -> None:
         self.tag = info.get("tag", "")
-        self.console.print(f"run {self.tag}: branch {info.get('branch')}, proposer {info.get('proposer')}, "
-                           f"image {info.get('image') or '(default)'}" + (" (resumed)" if info.get("resume") else ""))
+        self.console.print(Text(one_line(f"run {self.tag}: branch {info.get('branch')}, proposer "
+                                         f"{info.get('proposer')}, image {info.get('image') or '(default)'}"
+                                         + (" (resumed)" if info.get("resume") else ""))))
         self._refresh()
 
     def trial_started(self, trial_id: int, kind: str) -> None:
@@ -112,7 +117,7 @@ class LiveView(Events):
 
     def trial_finished(self, rec: TrialRecord, summary: RunSummary) -> None:
         self.summary = summary
-        self.console.print(_line(rec), markup=False, highlight=False)
+        self.console.print(Text(_line(rec)), highlight=False)
         self._refresh()
 
 
@@ -123,7 +128,7 @@ class PlainView(Events):
         self.stream = stream or sys.stdout
 
     def _say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(one_line(text), file=self.stream, flush=True)
 
     def run_started(self, info: dict) -> None:
         self._say(f"run {info.get('tag')}: branch {info.get('branch')}, proposer {info.get('proposer')}"

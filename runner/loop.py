@@ -27,13 +27,13 @@ from trainer.shards import atomic_write_json, manifest_sha256
 
 from . import decision, patch
 from .errors import InfraError, UserError
-from .ledger import Ledger, TrialRecord
+from .ledger import LOG_TAIL_CHARS, Ledger, TrialRecord, fill as _fill, number as _num  # noqa: F401 (re-exported)
 from .policy import Policy
 from .proposers import Context, Proposer, make
+from .text import printable
 from .workspace import Workspace, check_tag
 
 MAX_INFRA_IN_A_ROW = 3
-LOG_TAIL_CHARS = 4000
 MAX_LOG_BYTES = 4 << 20        # train.log kept per trial
 
 
@@ -94,13 +94,6 @@ def default_cleanup(tag: str) -> None:
     """Remove containers a dead run with this tag left behind (by label)."""
     from .sandbox.cleanup import remove_leftovers
     remove_leftovers(run_tag=tag)
-
-
-def _num(x):
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 class Run:
@@ -262,6 +255,8 @@ class Run:
         rec.threshold = decision.threshold(self.policy.decision, rec.noise_std)
         rec.status = "keep" if main.status == "ok" else main.status
         rec.reason = "the start commit, unchanged" if main.status == "ok" else main.error
+        if main.status == "ok" and (short := decision.short_of_steps(self.policy.train.max_steps, rec.num_steps)):
+            rec.status, rec.reason = "discard", short
         rec.timings = {"trial_s": round(time.monotonic() - t0, 3)}
         rec.finished_at = time.time()
         self.ledger.append(rec)
@@ -295,7 +290,7 @@ class Run:
         rec.description = patch.clean_description(proposal.description)
         rec.llm_usage = proposal.usage
         if proposal.raw_reply is not None:
-            (trial_dir / "reply.txt").write_text(proposal.raw_reply)
+            (trial_dir / "reply.txt").write_text(printable(proposal.raw_reply))   # for people: escaped
 
         # 2. the patch policy: a refusal never reaches git or a container
         self.events.phase("checking", rec.description)
@@ -306,7 +301,7 @@ class Run:
         if not verdict.ok:
             rec.status, rec.reason = "rejected", verdict.reason
             return self._finish(rec, timings)
-        (trial_dir / "diff.patch").write_text(verdict.diff)
+        (trial_dir / "diff.patch").write_text(printable(verdict.diff))   # git holds the exact change
 
         # 3. the candidate commit, parented on the best, reachable from its trial ref
         self.events.phase("committing", rec.description)
@@ -324,13 +319,17 @@ class Run:
             return self._finish(rec, timings)
 
         # 5. the decision (with a confirmation run under another seed if the policy asks)
+        if short := decision.short_of_steps(self.policy.train.max_steps, rec.num_steps):
+            rec.status, rec.reason = "discard", short
+            return self._finish(rec, timings)
         v = decision.judge(outcome.val_bpb, best.val_bpb, thresh, self.policy.decision)
         if v.action == "confirm":
             seed = decision.confirm_seed(self.policy.seed, n)
             self.events.phase("confirming", f"seed {seed}")
             co = self._trial(n, rec.commit, seed, "confirm")
             rec.confirm = {"seed": seed, "status": co.status, "val_bpb": co.val_bpb, "error": co.error,
-                           "training_seconds": _num(co.train_summary.get("training_seconds")),
+                           "training_seconds": _num(co.timings.get("train_host_s")),
+                           "claimed_training_seconds": _num(co.train_summary.get("training_seconds")),
                            "trial_timings": co.timings}
             v = decision.judge_confirmation(outcome.val_bpb, co.status, co.val_bpb, best.val_bpb, thresh)
             tick("confirm_s")
@@ -397,24 +396,6 @@ def _next_id(records: list[TrialRecord]) -> int:
     return max((r.trial for r in records), default=-1) + 1
 
 
-def _fill(rec: TrialRecord, o) -> None:
-    """Copy a TrialOutcome's measurements into the ledger record."""
-    s = dict(o.train_summary or {})
-    rec.outcome = o.status
-    rec.val_bpb = o.val_bpb if o.status == "ok" else None
-    rec.train_summary = s
-    rec.training_seconds = _num(s.get("training_seconds"))
-    rec.peak_memory_mb = _num(s.get("peak_memory_mb"))
-    steps = _num(s.get("num_steps"))
-    rec.num_steps = int(steps) if steps is not None else None
-    tps = _num(s.get("tokens_per_second"))
-    rec.train_tokens = round(tps * rec.training_seconds) if tps is not None and rec.training_seconds else None
-    rec.image_digest = o.image_digest
-    rec.trial_timings = dict(o.timings or {})
-    if o.status != "ok":
-        rec.log_tail = (o.log_tail or "")[-LOG_TAIL_CHARS:]
-
-
 def resolve_data_dir(path) -> Path:
     if path is None:
         raise UserError("no data directory given; pass --data DIR (made by `autoresearch prepare synthetic "
@@ -435,7 +416,8 @@ def _default_image(policy: Policy) -> str:
 
 
 class _LogTee:
-    """on_line that also keeps the train container's lines in the trial directory (up to MAX_LOG_BYTES).
+    """on_line that also keeps the train container's lines in the trial directory (up to MAX_LOG_BYTES), with
+    control and format characters escaped (runner.text.printable: a person cats it).
 
     Called from the trial's log thread; a line arriving after the trial returned is only forwarded."""
 
@@ -449,8 +431,9 @@ class _LogTee:
     def __call__(self, line: str) -> None:
         if self.written < MAX_LOG_BYTES and not self.f.closed:
             try:
-                self.f.write(line.rstrip("\n") + "\n")
-                self.written += len(line) + 1
+                text = printable(line.rstrip("\n")) + "\n"
+                self.f.write(text)
+                self.written += len(text)
             except ValueError:  # closed between the check and the write
                 pass
         self.forward(line)

@@ -18,8 +18,8 @@ one-line message is fed back to the model.
 
 The patch policy (`check`) then decides whether a proposal may become a commit at all: only the policy's allowed
 files, no `..`, no absolute paths, nothing under `.git`, no git metadata files (.gitattributes, .gitmodules, ...),
-no symlinks or submodules, no file mode changes, at most `max_diff_lines` changed lines. A refusal is final: the
-trial is logged as `rejected` with the reason and never reaches a container.
+no symlinks or submodules, no file mode changes, no control or bidi characters (they disguise code in git, editors
+and terminals), at most `max_diff_lines` changed lines. A refusal is final: the trial is logged as `rejected` with the reason and never reaches a container.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ DESCRIPTION = re.compile(r"^DESCRIPTION:\s*(.*?)\s*$")
 MAX_DESCRIPTION = 200
 MAX_FILE_BYTES = 1 << 20          # a candidate file larger than 1 MiB is refused
 REGULAR_MODES = ("100644", "100755")
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class PatchError(Exception):
@@ -183,6 +184,16 @@ def path_refusal(path: object, rules: PatchRules, tree: dict[str, str]) -> str:
     return ""
 
 
+def hidden_control(text: str) -> str:
+    """'' when text holds no control character but tab, newline, CR and form feed, and no bidi control (the
+    Trojan Source characters); else which one and on which line, e.g. 'U+202E on line 12'."""
+    for i, ch in enumerate(text):
+        code = ord(ch)
+        if (code < 0x20 and ch not in "\t\n\r\f") or 0x7F <= code <= 0x9F or ch in BIDI_CONTROLS:
+            return f"U+{code:04X} on line {text.count(chr(10), 0, i) + 1}"
+    return ""
+
+
 def check(proposal: Proposal, rules: PatchRules, tree: dict[str, str], current: dict[str, str]) -> Check:
     """Apply the patch policy. `tree`: {path: mode} of the parent commit; `current`: its allowed files' texts."""
     if not proposal.files:
@@ -208,6 +219,9 @@ def check(proposal: Proposal, rules: PatchRules, tree: dict[str, str], current: 
             return Check(False, f"{path}: new content is over {MAX_FILE_BYTES} bytes")
         if "\0" in text:
             return Check(False, f"{path}: new content holds NUL bytes; only text files are accepted")
+        if hidden := hidden_control(text):
+            return Check(False, f"{path}: new content holds {hidden}; control and bidi characters are refused "
+                                "(they disguise code in git, editors and terminals); write them as escapes")
         old = current.get(path, "")
         if text == old and path in current:
             continue

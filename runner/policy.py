@@ -26,9 +26,51 @@ class _Strict(BaseModel):
 
 
 class TrainPhase(_Strict):
+    """The train phase's time. `budget_seconds` is what train.py is told it may train; `allowance_seconds` is the
+    start-up and export allowance: the seconds beyond the budget a train container may live after its candidate's
+    hand-over. The host kills the container at `deadline_seconds` (budget + allowance) after the hand-over, and a
+    train phase whose host-measured time exceeds it is `over_budget` (runner.sandbox.classify), so a candidate
+    that raises its own budget buys at most the allowance minus the honest start-up and export time. The wall
+    clock needs room for a loaded machine (start-up then takes several times longer); the CPU time does not
+    (the work is the same), so `cpu_allowance_seconds` bounds the container's cgroup CPU time since the
+    hand-over to cpus x budget + that allowance: on an idle machine, where extra seconds buy the most, that is
+    the tighter bound. docs/design.md states what each buys a cheater.
+
+    Older policies and run.json files name the deadline `train.timeout_seconds` instead: it still loads, as
+    allowance_seconds = timeout_seconds - budget_seconds, so `--resume` of an old run keeps its limits.
+    """
     budget_seconds: float = Field(240, gt=0, description="training budget handed to train.py")
-    timeout_seconds: float = Field(300, gt=0, description="hard limit on the train container's whole life")
+    allowance_seconds: float = Field(60, gt=0, description="start-up and export allowance: seconds beyond the "
+                                     "budget a train container may live after its candidate hand-over")
+    cpu_allowance_seconds: float = Field(20, gt=0, description="CPU seconds beyond limits.cpus x budget_seconds "
+                                         "the train container may use after its candidate hand-over")
     max_steps: int | None = Field(None, ge=1, description="fixed step count (reproducible tests); budget still caps")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_timeout(cls, raw):
+        """The old key: train.timeout_seconds (the whole deadline) -> allowance_seconds = timeout - budget."""
+        if not isinstance(raw, dict) or "timeout_seconds" not in raw:
+            return raw
+        raw = dict(raw)
+        timeout = raw.pop("timeout_seconds")
+        if "allowance_seconds" in raw:
+            raise ValueError("give train.allowance_seconds or the old train.timeout_seconds, not both")
+        budget = raw.get("budget_seconds", cls.model_fields["budget_seconds"].default)
+        try:
+            allowance = float(timeout) - float(budget)
+        except (TypeError, ValueError):
+            raise ValueError(f"train.timeout_seconds must be a number, got {timeout!r}") from None
+        if allowance <= 0:
+            raise ValueError(f"train.timeout_seconds ({timeout}) must be above train.budget_seconds ({budget}): "
+                             "start-up and export need time; use train.allowance_seconds instead")
+        raw["allowance_seconds"] = allowance
+        return raw
+
+    @property
+    def deadline_seconds(self) -> float:
+        """Seconds from the candidate's hand-over at which the train container is killed: budget + allowance."""
+        return self.budget_seconds + self.allowance_seconds
 
 
 class EvalPhase(_Strict):
@@ -91,9 +133,6 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Policy":
-        if self.train.budget_seconds >= self.train.timeout_seconds:
-            raise ValueError(f"train.budget_seconds ({self.train.budget_seconds}) must be below "
-                             f"train.timeout_seconds ({self.train.timeout_seconds}): start-up and export need time")
         if self.gpu != "none" and self.flavour != "cuda":
             raise ValueError("gpu is set but flavour is 'cpu': set flavour: cuda to run on a GPU")
         return self

@@ -5,14 +5,20 @@ a baseline or confirmation as hollow circles, the running best as a step line an
 (best - threshold) as a dashed one, failed trials marked with a red x at the bottom edge, rejected ones with a grey
 tick.
 report.md: best vs baseline and the improvement in %, the trials by status, the kept changes in order, and the
-failed trials with their reasons.
+failed trials with their reasons. Descriptions and reasons (an LLM's and a candidate's text) go into table cells
+through runner.text.markdown_cell: control and format characters escaped, no Markdown link, image, HTML or entity.
+Its header carries the policy's warning when the policy can keep a change that does nothing
+(runner.decision.noop_warning; the policy is run.json's).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from .decision import noop_warning
 from .ledger import FAILED, Ledger, TrialRecord
 from .loop import baseline_of, best_of, summarize
+from .text import markdown_cell
 
 
 def running_best(records: list[TrialRecord]) -> list[tuple[int, float]]:
@@ -94,12 +100,13 @@ def plot(records: list[TrialRecord], path: Path, title: str = "") -> Path:
     return path
 
 
-def markdown(tag: str, records: list[TrialRecord]) -> str:
+def markdown(tag: str, records: list[TrialRecord], policy=None) -> str:
     s = summarize(tag, Path("."), records)
     base, best = baseline_of(records), best_of(records)
     imp = improvement_pct(s.baseline_bpb, s.best_bpb)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
-    lines = [f"# autoresearch run `{tag}`", "",
+    warning = noop_warning(policy) if policy is not None else None
+    lines = [f"# autoresearch run `{tag}`", "", *([f"> **{warning}**", ""] if warning else []),
              f"- trials: {len(records)} ({sum(1 for r in records if r.kind == 'candidate')} candidates)",
              f"- baseline val_bpb: {fmt(s.baseline_bpb)}{_runs_of(base)}",
              f"- best val_bpb: {fmt(s.best_bpb)}{_runs_of(best) if best is not base else ''} at commit "
@@ -120,9 +127,20 @@ def markdown(tag: str, records: list[TrialRecord]) -> str:
         lines += ["", "## Failed and rejected trials", "", "| trial | status | description | reason |",
                   "|---|---|---|---|"]
         for r in bad:
-            lines.append(f"| {r.trial} | {r.status} | {_cell(r.description)} | {_cell(r.reason)[:200]} |")
+            lines.append(f"| {r.trial} | {r.status} | {_cell(r.description)} | {_cell(r.reason, 200)} |")
     lines += ["", "![progress](progress.png)", ""]
     return "\n".join(lines)
+
+
+def run_policy(run_dir: Path):
+    """The policy run.json records (None when there is no run.json or it does not hold a valid policy)."""
+    from pydantic import ValidationError
+
+    from .policy import Policy
+    try:
+        return Policy.model_validate(json.loads((Path(run_dir) / "run.json").read_text())["policy"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):
+        return None
 
 
 def _runs_of(r: TrialRecord | None) -> str:
@@ -131,8 +149,8 @@ def _runs_of(r: TrialRecord | None) -> str:
     return f" (seed {r.seed}; other seeds: {', '.join(f'{b:.6f}' for b in others)})" if others else ""
 
 
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "/")
+def _cell(text: str, limit: int | None = None) -> str:
+    return markdown_cell(" ".join(str(text).split()), limit)
 
 
 def write(run_dir: str | Path, tag: str | None = None) -> tuple[Path, Path]:
@@ -142,5 +160,5 @@ def write(run_dir: str | Path, tag: str | None = None) -> tuple[Path, Path]:
     tag = tag or run_dir.name
     png = plot(records, run_dir / "progress.png", f"autoresearch run {tag}")
     md = run_dir / "report.md"
-    md.write_text(markdown(tag, records))
+    md.write_text(markdown(tag, records, run_policy(run_dir)))
     return png, md

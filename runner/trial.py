@@ -7,10 +7,13 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
       2. slot      the trial's containers (runner/sandbox/slot.py): a holder that keeps two size-capped tmpfs
                    output volumes mounted, a train and an eval container, all started and waiting for their
                    inputs. A run starts them while the previous trial trains (spec.standby); otherwise now
-      3. train     hand train.py over (the trial starts here); the train container runs it under a hard timeout
-                   counted from the hand-over, its log lines streaming to on_line. As its export starts, the
-                   run's next slot starts on a background thread. The eval container never sees anything but
-                   the validation data and, later, the model
+      3. train     hand train.py over (the trial starts here); the train container runs it until the deadline
+                   (policy.train.deadline_seconds: budget + start-up and export allowance) counted from the
+                   hand-over, its log lines streaming to on_line. Its time is measured outside it (host clock,
+                   engine clock, cgroup CPU time): a train phase over the deadline is `over_budget`
+                   (classify.train_time_verdict), whatever the candidate's own process believed its budget
+                   was. As its export starts, the run's next slot starts on a background thread. The eval
+                   container never sees anything but the validation data and, later, the model
       4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap), then rename
                    it into the eval container's read-only model directory: the hand-over
       5. eval      the evaluator scores that copy (hard timeout counted from the hand-over)
@@ -18,22 +21,27 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
       finally      remove the slot's containers, volumes and directory (the model is kept if spec.keep_model);
                    a run's standby does it later, on the thread that starts the slot after next
 
-Engine and image failures give status `infra` (never blamed on the candidate); a bad data directory is the
-user's to fix and raises UserError before anything starts.
+Engine and image failures give status `infra` (never blamed on the candidate), and so does a container that the
+engine's events say was killed, stopped or removed from outside (an operator, the engine), a holder that was, and
+a launcher that never started train.py (classify.outside_verdict, holder_verdict, launch_verdict); a bad data
+directory is the user's to fix and raises UserError before anything starts. Each slot's watchdog
+(runner/sandbox/watchdog.py) enforces the deadlines when this process cannot.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from .errors import InfraError, UserError
 from .result import MAX_RESULT_BYTES, ResultError, parse_result, parse_summary
-from .sandbox import classify, cleanup, containers, preflight
+from .sandbox import cgroup, classify, cleanup, containers, preflight
 from .sandbox.slot import HOLD_EVAL, HOLD_TRAIN, Slot, Standby, open_slot
 
 EXPORT_ERROR_BYTES = 64 * 1024
@@ -57,7 +65,7 @@ class TrialSpec:
 
 @dataclass
 class TrialOutcome:
-    status: str                       # ok | crash | timeout | oom | export_failed | violation | infra
+    status: str                       # ok | crash | timeout | over_budget | oom | export_failed | violation | infra
     val_bpb: float | None = None      # only from the eval container's validated result.json
     result: dict | None = None        # the validated result.json
     train_summary: dict = field(default_factory=dict)   # train.py's own `key: value` block; informational only
@@ -78,6 +86,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
     _check_data(Path(spec.data_dir), policy.limits.uid)
     work.mkdir(parents=True, exist_ok=True)
     slot: Slot | None = None
+    meter: cgroup.CpuMeter | None = None
     try:
         # 0. engine + image (infra on failure); a re-run of the same trial id replaces its leftovers
         client = client or preflight.connect()
@@ -114,13 +123,18 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         if on_phase:
             on_phase("training")
         next_slot = (lambda: spec.standby.prepare_soon(client)) if spec.standby else None
+        meter = cgroup.CpuMeter(slot.train).start()
+        meter.mark()
         t_handed = slot.hand_over_candidate(train_py, spec.seed)
+        handed_wall = time.time()
         training = containers.follow(slot.train, on_line, since=t_handed, on_exporting=next_slot)
         slot.name_after(spec.run_tag, spec.trial_id)
-        t_exit, pump = containers.wait_to_end(training, policy.train.timeout_seconds)
+        t_exit, pump = containers.wait_to_end(training, policy.train.deadline_seconds)
+        t_exit = _own_kill(slot, "train", t_exit)
         if next_slot:
             next_slot()
         _record(out.timings, "train", t_exit)
+        train_time = _train_time(out.timings, t_exit, handed_wall, meter.stop())
         if pump and pump.first_step_at is not None:
             out.timings["train_startup_s"] = round(pump.first_step_at - t_handed, 3)
         if pump and pump.exporting_at is not None:
@@ -135,8 +149,14 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                                                      EXPORT_ERROR_BYTES).decode("utf-8", "replace")
             except containers.RefusedFile:
                 pass
-        verdict = classify.train_verdict(t_exit, timeout_s=policy.train.timeout_seconds,
-                                         memory=policy.limits.memory, log_tail=tail, export_error=export_error)
+        verdict = classify.train_time_verdict(train_time, budget_s=policy.train.budget_seconds,
+                                              allowance_s=policy.train.allowance_seconds,
+                                              cpu_allowance_s=policy.train.cpu_allowance_seconds)
+        verdict = verdict or classify.train_verdict(t_exit, deadline_s=policy.train.deadline_seconds,
+                                                    memory=policy.limits.memory, log_tail=tail,
+                                                    export_error=export_error)
+        verdict = (classify.launch_verdict(t_exit, launched=bool(pump and pump.launched_at), log_tail=tail)
+                   or _from_outside(slot, "train", t_exit, verdict))
         if verdict is not None:
             return _finish(out, verdict.status, verdict.error, t0)
 
@@ -147,7 +167,9 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                                   dest=slot.model_part)
             out.timings["copy_model_s"] = round(time.monotonic() - t_copy, 3)
         except containers.RefusedFile as e:
-            return _finish(out, "export_failed", f"train.py exited 0 but its model is unusable: {e}", t0)
+            verdict = _holder_gone(slot) or classify.Verdict("export_failed", f"train.py exited 0 but its model is "
+                                                                              f"unusable: {e}")
+            return _finish(out, verdict.status, verdict.error, t0)
 
         # 5. eval (trusted code, hostile model)
         t_model = slot.hand_over_model()
@@ -155,6 +177,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
             on_phase("evaluating")
         e_exit, _ = containers.wait_to_end(containers.follow(slot.evaluator, None, since=t_model, pump=False),
                                            policy.eval.timeout_seconds)
+        e_exit = _own_kill(slot, "eval", e_exit)
         _record(out.timings, "eval", e_exit)
         out.timings["eval_wait_s"] = round(t_model - slot.started_at, 3)   # started early, waiting for the model
         eval_tail = containers.log_tail(slot.evaluator, 100)
@@ -170,6 +193,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                 result_error = str(e)
         verdict = classify.eval_verdict(e_exit, timeout_s=policy.eval.timeout_seconds, memory=policy.limits.memory,
                                         log_tail=eval_tail, result=result, result_error=result_error)
+        verdict = (result_error and _holder_gone(slot)) or _from_outside(slot, "eval", e_exit, verdict)
         if verdict.status != "ok":
             out.log_tail = _tail(out.log_tail + "\n--- eval ---\n" + eval_tail)
         out.result = result
@@ -178,6 +202,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
     except (docker.errors.DockerException, requests.exceptions.RequestException, InfraError) as e:
         return _finish(out, "infra", f"the Docker engine failed during the trial: {_one_line(e)}", t0)
     finally:
+        if meter is not None:
+            meter.stop()
         if slot is not None:
             if spec.keep_model and slot.model.is_file():
                 os.replace(slot.model, work / "model.pt2")
@@ -205,6 +231,41 @@ def _record(timings: dict, phase: str, ex: containers.Exit) -> None:
     timings[f"{phase}_wall_s"] = None if ex.wall_s is None else round(ex.wall_s, 3)
     timings[f"{phase}_host_s"] = round(ex.host_wall_s, 3)
     timings[f"{phase}_exit_code"] = ex.exit_code
+
+
+def _train_time(timings: dict, ex: containers.Exit, handed_wall: float, cpu: cgroup.CpuTime) -> classify.TrainTime:
+    """The train phase's time by the outside measures (classify.train_time_verdict judges it), into timings:
+    train_host_s (already there), train_engine_s (the engine's FinishedAt - the hand-over), train_cpu_s and
+    train_cpu_quota_cores (the container's cgroup; None where the host cannot read it)."""
+    handed = datetime.fromtimestamp(handed_wall, timezone.utc).isoformat().replace("+00:00", "Z")
+    engine_s = containers.engine_wall({"StartedAt": handed, "FinishedAt": ex.finished_at})
+    engine_s = None if engine_s is None else round(engine_s, 3)
+    timings["train_engine_s"] = engine_s
+    timings["train_cpu_s"] = cpu.seconds
+    timings["train_cpu_quota_cores"] = cpu.quota_cores
+    return classify.TrainTime(host_s=ex.host_wall_s, engine_s=engine_s, cpu_s=cpu.seconds,
+                              cpu_quota_cores=cpu.quota_cores, killed=ex.timed_out)
+
+
+def _own_kill(slot: Slot, role: str, ex: containers.Exit) -> containers.Exit:
+    """The slot's watchdog kills at the deadline when the runner did not (runner/sandbox/watchdog.py): that kill
+    is the host's own, as the runner's would have been."""
+    return dataclasses.replace(ex, timed_out=True) if not ex.timed_out and slot.killed_by_watchdog(role) else ex
+
+
+def _from_outside(slot: Slot, role: str, ex: containers.Exit, verdict):
+    """The verdict, or infra when the engine's events say the container was ended from outside (asked only when
+    the verdict would blame the candidate: a clean exit costs no engine call)."""
+    if verdict is None or verdict.status in classify.NOT_BLAMED:
+        return verdict
+    return classify.outside_verdict(verdict, slot.outside_events(role), role=role, host_killed=ex.timed_out,
+                                    removed=ex.removed or slot.being_removed(role))
+
+
+def _holder_gone(slot: Slot):
+    """infra when a file could not be copied out because the holder (it keeps the outputs) was ended from outside."""
+    running, removed = slot.holder_running()
+    return classify.holder_verdict(running, [] if running else slot.outside_events("holder"), removed=removed)
 
 
 def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:

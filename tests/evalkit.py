@@ -152,6 +152,61 @@ class PeekNext(nn.Module):
         return F.embedding(ahead, self.table)
 
 
+class PeekSome(nn.Module):
+    """Cheats on some rows only: in a chosen row, position t also sees token t + 1 (its target) and bets on it.
+
+    The choice (`chosen`, a (B,) bool tensor from the whole batch) is what the subclasses vary: rows picked by their
+    content, or every row of a batch that looks unlike the others. Elsewhere it is an honest bigram model.
+    """
+
+    def __init__(self, vocab: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.table = nn.Parameter(torch.randn(vocab, vocab))
+        self.register_buffer("bet", torch.eye(vocab) * 10.0)
+
+    def chosen(self, idx):
+        raise NotImplementedError
+
+    def forward(self, idx):
+        ahead = torch.cat([idx[:, 1:], idx[:, -1:]], dim=1)
+        peek = F.embedding(ahead, self.bet) * self.chosen(idx).float()[:, None, None]
+        return F.embedding(idx, self.table) + peek
+
+
+class PeekOnContent(PeekSome):
+    """Peeks in the rows that hold `tokens` ({position: token}) at the start: a share of rows chosen by content."""
+
+    def __init__(self, vocab: int, tokens: dict[int, int]):
+        super().__init__(vocab)
+        self.tokens = sorted(tokens.items())
+
+    def chosen(self, idx):
+        hit = idx[:, 0] == idx[:, 0]
+        for position, token in self.tokens:
+            hit = hit & (idx[:, position] == token)
+        return hit
+
+
+class PeekOnRowSum(PeekSome):
+    """Peeks in the rows whose token sum is `rem` modulo `mod`: chosen by the whole row, its future included."""
+
+    def __init__(self, vocab: int, mod: int, rem: int):
+        super().__init__(vocab)
+        self.mod, self.rem = mod, rem
+
+    def chosen(self, idx):
+        return idx.sum(dim=1) % self.mod == self.rem
+
+
+class PeekInPaddedBatch(PeekSome):
+    """Peeks in every row, but only in a batch that holds an all-BOS row: the padded last eval batch."""
+
+    def chosen(self, idx):
+        padded = (idx == BOS).all(dim=1).any()
+        return padded.expand(idx.shape[0])
+
+
 class BatchMean(nn.Module):
     """Cheats: mixes rows by adding the batch mean of the embeddings."""
 

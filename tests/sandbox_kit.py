@@ -21,7 +21,7 @@ TEST_RUN_PREFIX = "pytest-sandbox"
 
 
 def policy(**sections):
-    """The `tiny` policy with overrides per section: policy(train={"timeout_seconds": 5}, limits={"pids": 32})."""
+    """The `tiny` policy with overrides per section: policy(train={"allowance_seconds": 5}, limits={"pids": 32})."""
     base = load_policy("tiny")
     update = {}
     for key, value in sections.items():

@@ -109,6 +109,48 @@ def test_batches_have_the_fixed_shape_and_the_padding_rows_weigh_nothing():
     assert pad_rows > 0 and (x[-pad_rows:] == K.BOS).all() and (w[-pad_rows:] == 0).all()
 
 
+def docs_per_row(layout: bpb.EvalLayout, docs: list[np.ndarray]) -> list[set[int]]:
+    """The documents each row holds tokens of (unique_docs: every non-BOS token names its document)."""
+    owner = {int(t): d for d, doc in enumerate(docs) for t in doc[1:]}
+    return [{owner[int(t)] for t in row if t != K.BOS} for row in layout.rows]
+
+
+def test_no_eval_batch_holds_two_pieces_of_one_document_so_no_row_has_its_future_in_its_batch():
+    rng = np.random.default_rng(1)
+    tb = np.ones(5_000, np.int64)
+    tb[K.BOS] = 0
+    moved = 0
+    for _ in range(40):
+        docs = unique_docs([int(n) for n in rng.integers(2, 70, size=int(rng.integers(3, 40)))])
+        plain = bpb.pack(np.concatenate(docs), K.BOS, SEQ)
+        layout = bpb.pack(np.concatenate(docs), K.BOS, SEQ, batch_size=4)
+        rows = docs_per_row(layout, docs)
+        for i in range(0, layout.n_rows, 4):
+            batch = rows[i:i + 4]
+            assert sum(len(r) for r in batch) == len(set().union(*batch)), "a document in two rows of one batch"
+        assert sorted(scored_targets(layout)) == sorted(scored_targets(plain))       # the same targets, once each
+        assert layout.totals(tb) == plain.totals(tb)
+        assert sorted(map(tuple, layout.rows[layout.mask.any(axis=1)])) == sorted(map(tuple, plain.rows))
+        moved += not np.array_equal(layout.rows, plain.rows)
+    assert moved > 10                                      # the random layouts did need rows moved
+
+
+def test_rows_keep_their_order_when_every_document_fits_a_row():
+    docs = unique_docs([5, 12, 9, 17, 2, 8, 16, 3, 11])
+    plain = bpb.pack(np.concatenate(docs), K.BOS, SEQ)
+    assert np.array_equal(bpb.pack(np.concatenate(docs), K.BOS, SEQ, batch_size=2).rows, plain.rows)
+
+
+def test_a_document_with_more_pieces_than_batches_gets_batches_of_its_own():
+    docs = unique_docs([200, 5])                            # 13 pieces (rows of 17 tokens), and a short document
+    layout = bpb.pack(np.concatenate(docs), K.BOS, SEQ, batch_size=4)
+    rows = docs_per_row(layout, docs)
+    assert layout.n_batches(4) == 13 and all(sum(0 in r for r in rows[i:i + 4]) == 1 for i in range(0, 52, 4))
+    tb = np.ones(300, np.int64)
+    tb[K.BOS] = 0
+    assert layout.totals(tb) == bpb.pack(np.concatenate(docs), K.BOS, SEQ).totals(tb) == (203, 203)
+
+
 def test_special_tokens_have_zero_bytes_and_are_left_out_of_both_sums():
     docs = [np.array([K.BOS, 1, 2, 3]), np.array([K.BOS, 4])]
     layout = bpb.pack(np.concatenate(docs), K.BOS, SEQ)

@@ -1,8 +1,14 @@
-"""The decision: keep only a gain larger than min_delta and the measured noise; confirm wins when asked."""
+"""The decision: keep only a gain larger than min_delta and the measured noise; confirm wins when asked; a policy
+that can keep a no-op says so; a step-limited run cut short by the time budget is named."""
+import subprocess
+
 import pytest
+import yaml
 
 from runner import decision
-from runner.policy import Decision
+from runner.decision import noop_warning, short_of_steps
+from runner.policy import Decision, Policy, load_policy
+from runner.workspace import init_repo
 
 
 def test_a_lower_bpb_is_kept_and_a_tie_or_a_loss_is_discarded():
@@ -52,3 +58,47 @@ def test_repeats_and_confirmations_use_seeds_no_other_trial_uses():
     assert repeats == [1337, 1338, 1339]
     confirms = {decision.confirm_seed(1337, n) for n in range(1, 200)}
     assert len(confirms) == 199 and not confirms & set(repeats)
+
+
+# --------------------------------------------------------------------------- a policy that can keep a no-op
+
+NOOP_KEEPER = {"decision": {"min_delta": 0.0, "baseline_repeats": 1}, "train": {"budget_seconds": 8}}
+
+
+def test_a_policy_with_no_bar_and_no_step_limit_says_loudly_that_it_can_keep_a_no_op():
+    warning = noop_warning(Policy.model_validate(NOOP_KEEPER))
+    assert warning.startswith("WARNING: this policy can keep a change that does nothing") and "\n" not in warning
+    for key in ("decision.min_delta", "decision.baseline_repeats", "train.max_steps"):
+        assert key in warning
+    gpu = {**NOOP_KEEPER, "flavour": "cuda", "gpu": "all", "train": {"budget_seconds": 8, "max_steps": 20}}
+    assert "on a GPU" in noop_warning(Policy.model_validate(gpu))          # CUDA runs are not bit-reproducible
+
+
+@pytest.mark.parametrize("change", [
+    {"train": {"budget_seconds": 8, "max_steps": 20}},                      # bit-reproducible: a no-op ties
+    {"decision": {"min_delta": 0.001, "baseline_repeats": 1}},              # a bar
+    {"decision": {"min_delta": 0.0, "baseline_repeats": 3}},                # a noise estimate
+])
+def test_a_policy_with_a_bar_or_reproducible_runs_gets_no_warning(change):
+    assert noop_warning(Policy.model_validate({**NOOP_KEEPER, **change})) is None
+
+
+def test_the_shipped_policies_cannot_keep_a_no_op():
+    for name in ("tiny", "default", "h100"):
+        assert noop_warning(load_policy(name)) is None, name
+
+
+def test_run_and_baseline_print_the_warning_first(tmp_path):
+    policy = tmp_path / "noisy.yaml"
+    policy.write_text(yaml.safe_dump({**NOOP_KEEPER, "preset": "tiny"}))
+    init_repo(tmp_path / "exp", {"train.py": "x = 1\n"})
+    for command in ("run", "baseline"):
+        p = subprocess.run(["autoresearch", command, "--repo", tmp_path / "exp", "--policy", policy, "--data",
+                            tmp_path / "no-data"], capture_output=True, text=True, timeout=120)
+        first = p.stderr.splitlines()[0]
+        assert first.startswith("autoresearch: WARNING: this policy can keep a change that does nothing"), p.stderr
+
+
+def test_a_run_short_of_its_step_limit_is_named_and_a_full_one_is_not():
+    assert short_of_steps(20, 12).startswith("trained 12 of train.max_steps 20 steps before the time budget")
+    assert short_of_steps(20, 20) is None and short_of_steps(None, 3) is None and short_of_steps(20, None) is None

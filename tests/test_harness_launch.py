@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.sandbox import containers
 from runner.sandbox.slot import _place
 from trainer.harness import launch
 
@@ -68,7 +69,15 @@ def test_the_exit_status_and_output_are_what_python_itself_gives(tmp_path, body)
     got = _run_handed_over(tmp_path, body + "\n")
     assert got.returncode == plain.returncode
     assert got.stdout == plain.stdout
-    assert got.stderr.strip().splitlines()[-1:] == plain.stderr.strip().splitlines()[-1:]
+    assert got.stderr.splitlines()[0] == launch.RUNNING_LINE          # the launcher's own line, then train.py's
+    assert got.stderr.strip().splitlines()[1:][-1:] == plain.stderr.strip().splitlines()[-1:]
+
+
+def test_the_running_line_comes_before_anything_of_train_py_and_only_once_it_runs(tmp_path):
+    got = _run_handed_over(tmp_path, "import sys; print('first', file=sys.stderr); sys.exit(3)\n")
+    assert got.returncode == launch.NO_CANDIDATE                    # train.py's own exit 3 ...
+    assert got.stderr.splitlines()[:2] == [launch.RUNNING_LINE, "first"]   # ... after the line: not the launcher's
+    assert launch.RUNNING_LINE == containers.LAUNCHED_LINE          # the line the host looks for
 
 
 def test_atexit_handlers_and_unfinished_threads_still_run_before_the_fast_exit(tmp_path):
@@ -93,6 +102,7 @@ def test_a_candidate_that_never_comes_ends_the_launcher_with_one_line(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == launch.NO_CANDIDATE and out == ""
     assert len(err.strip().splitlines()) == 1 and "no train.py was handed over" in err
+    assert launch.RUNNING_LINE not in err
     assert time.monotonic() - t0 < 30
 
 
@@ -105,6 +115,7 @@ def test_a_bad_seed_file_is_refused_with_one_line(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == launch.NO_CANDIDATE and "never" not in out
     assert "cannot read the trial's seed" in err and len(err.strip().splitlines()) == 1
+    assert launch.RUNNING_LINE not in err
 
 
 def test_getting_ready_imports_what_train_py_needs():

@@ -14,7 +14,7 @@ from runner.policy import Decision, Policy
 from runner.workspace import Workspace, init_repo
 from trainer.shards import atomic_write_json
 
-from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, escape, set_score, unusable
+from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, escape, overtrain, set_score, slow, unusable
 from tests.test_workspace import arm_repository
 
 
@@ -71,13 +71,43 @@ def test_good_is_kept_bad_discarded_crash_recorded_refusal_never_runs(exp):
     r1 = recs[1]
     assert r1.seed == 1337 and r1.image == "autoresearch-trial:test" and r1.image_digest == "sha256:fake"
     assert r1.policy_sha256 == Policy().sha256() and len(r1.data_manifest_sha256) == 64
-    assert r1.training_seconds == 2.0 and r1.train_tokens == 200 and r1.best_bpb_before == 1.0
+    assert r1.training_seconds == 2.5 and r1.claimed_training_seconds == 2.0   # the host's clock; the claim aside
+    assert r1.train_tokens == 200 and r1.best_bpb_before == 1.0
     assert {"propose_s", "check_s", "git_s", "trial_s"} <= set(r1.timings)
     run_dir = repo / "runs" / "t"
     assert (run_dir / "trials" / "1" / "train.log").read_text() == "step=1 loss=3.0 progress=0.5 remaining_s=1.0\n"
     assert "+SCORE = 0.9" in (run_dir / "trials" / "1" / "diff.patch").read_text()
     assert git(repo, "status", "--porcelain") == ""  # the user's tree: untouched (runs/ is ignored)
     assert (repo / "train.py").read_text() == TRAIN
+
+
+def test_a_candidate_over_budget_is_a_failure_never_kept_and_the_next_proposal_sees_why(exp):
+    repo, _ = exp
+    proposer = Scripted(overtrain, set_score(0.9))
+    summary = start(exp, proposer, FakeTrial(), max_trials=2)
+    recs = Ledger(repo / "runs" / "t").records()
+    assert [r.status for r in recs] == ["keep", "over_budget", "keep"]
+    over = recs[1]
+    assert over.val_bpb is None and over.outcome == "over_budget" and "allowance of 12 s" in over.reason
+    assert over.training_seconds == 31.0 and over.claimed_training_seconds == 7.9
+    assert summary.counts["over_budget"] == 1 and summary.best_commit == recs[2].commit
+    tsv = (repo / "runs" / "t" / "results.tsv").read_text().splitlines()
+    assert tsv[2].split("\t")[3] == "over_budget"
+    from runner.proposers.prompt import history_table
+    row = [line for line in history_table(proposer.contexts[1].history, 10).splitlines() if line.startswith("| 1 |")]
+    assert row and "over_budget" in row[0] and "allowance of 12 s" in row[0]
+
+
+def test_with_a_step_limit_a_run_the_time_budget_cut_short_is_never_kept(exp):
+    repo, _ = exp
+    steps10 = Policy.model_validate({"train": {"budget_seconds": 8, "max_steps": 10}})
+    start(exp, Scripted(slow, set_score(0.9)), FakeTrial(), max_trials=2, policy=steps10)
+    recs = Ledger(repo / "runs" / "t").records()
+    assert [r.status for r in recs] == ["keep", "discard", "keep"]      # 0.5 < 0.9, but trained 5 of 10 steps
+    assert recs[1].reason.startswith("trained 5 of train.max_steps 10 steps before the time budget ran out")
+    steps20 = Policy.model_validate({"train": {"budget_seconds": 8, "max_steps": 20}})
+    with pytest.raises(UserError, match=r"baseline .* ended discard: trained 10 of train.max_steps 20 steps"):
+        start(exp, Scripted(), FakeTrial(), max_trials=1, policy=steps20, tag="t20")
 
 
 def test_a_whole_run_runs_no_hook_filter_or_configured_command_of_the_repository(exp, tmp_path):

@@ -91,6 +91,22 @@ def test_binary_content_is_refused():
     assert "NUL" in refused({"train.py": TRAIN + "\0"})
 
 
+@pytest.mark.parametrize("hidden, code", [
+    ("x = 1  # \x1b[2J\x1b]52;c;ZWNobw==\x07", "U+001B"),       # screen clear + clipboard write for `git show`
+    ("access = 'user\u202e \u2066# admin\u2069 \u2066'", "U+202E"),   # Trojan Source: bidi override
+    ("y = 2\x9b31m", "U+009B"),                                  # C1 CSI
+    ("z = 3\b\b\b# looks like a comment", "U+0008"),           # backspaces
+])
+def test_a_patch_must_not_hide_code_behind_control_or_bidi_characters(hidden, code):
+    reason = refused({"train.py": TRAIN + hidden + "\n"})
+    assert code in reason and "line" in reason, reason
+
+
+def test_tabs_crlf_and_form_feeds_are_ordinary_text():
+    text = TRAIN + "def f():\r\n\treturn 1\r\n\f\n"
+    assert check(Proposal({"train.py": text}, "x"), RULES, TREE, {"train.py": TRAIN}).ok
+
+
 @pytest.fixture
 def linked_repo(tmp_path):
     """A real repository whose allowed files include a symlink and a submodule (gitlink)."""

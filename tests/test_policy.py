@@ -26,10 +26,37 @@ def test_a_bad_value_names_the_key_and_the_file(tmp_path):
         load_policy(p)
 
 
-def test_budget_must_leave_room_under_the_hard_timeout(tmp_path):
+def test_an_old_timeout_must_leave_room_above_the_budget(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("train:\n  budget_seconds: 300\n  timeout_seconds: 300\n")
     with pytest.raises(UserError, match="budget_seconds"):
+        load_policy(p)
+
+
+def test_the_deadline_is_the_budget_plus_the_start_up_and_export_allowance():
+    t = Policy.model_validate({"train": {"budget_seconds": 60, "allowance_seconds": 15}}).train
+    assert (t.budget_seconds, t.allowance_seconds, t.deadline_seconds) == (60, 15, 75)
+    assert "timeout_seconds" not in t.model_dump()
+
+
+def test_an_old_train_timeout_seconds_loads_as_the_allowance_so_an_old_run_resumes(tmp_path):
+    old = Policy().model_dump()
+    old["train"] = {"budget_seconds": 240, "timeout_seconds": 300, "max_steps": None}   # a run.json of before
+    p = Policy.model_validate(old)
+    assert (p.train.allowance_seconds, p.train.deadline_seconds) == (60, 300)
+    assert p.sha256() == Policy.model_validate({**old, "train": {"budget_seconds": 240,
+                                                                 "allowance_seconds": 60}}).sha256()
+    f = tmp_path / "p.yaml"
+    f.write_text("train:\n  timeout_seconds: 100\n  budget_seconds: 40\n")
+    assert load_policy(f).train.allowance_seconds == 60
+    f.write_text("train:\n  timeout_seconds: 300\n")                    # the default budget, 240
+    assert load_policy(f).train.allowance_seconds == 60
+
+
+def test_the_old_and_the_new_key_together_are_an_error(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("train:\n  budget_seconds: 30\n  timeout_seconds: 60\n  allowance_seconds: 30\n")
+    with pytest.raises(UserError, match="allowance_seconds or the old train.timeout_seconds"):
         load_policy(p)
 
 

@@ -1,5 +1,7 @@
 """The report: progress.png shows every scored trial, the kept ones and the running best, marks failures;
 report.md gives best vs baseline, the improvement, the trials by status and the kept changes in order."""
+import json
+
 import matplotlib.image
 import pytest
 
@@ -82,3 +84,22 @@ def test_the_figure_draws_the_bar_each_candidate_had_to_pass():
     ax = figure(recs).axes[0]
     bar = [ln for ln in ax.lines if ln.get_label().startswith("a keep needs below this")][0]
     assert list(bar.get_xdata()) == [1, 2, 3] and list(bar.get_ydata()) == pytest.approx([0.98, 0.98, 0.93])
+
+
+def test_an_over_budget_trial_is_a_failure_in_the_report_and_a_noisy_policy_is_named_in_its_header(tmp_path):
+    from runner.policy import Policy, load_policy
+    recs = RECS[:3] + [TrialRecord(3, "candidate", "over_budget", "train longer", commit="f" * 40,
+                                   reason="the train phase took 31.0 s on the host's clock, over the budget")]
+    md = markdown("t", recs)
+    assert "| over_budget | 1 |" in md and "took 31.0 s on the host's clock" in md
+    assert [x for x, _ in figure(recs).axes[0].collections[-1].get_offsets().tolist()] == [3]   # the red x
+    assert "WARNING" not in md and "WARNING" not in markdown("t", recs, load_policy("default"))
+    noisy = Policy.model_validate({"decision": {"min_delta": 0.0, "baseline_repeats": 1}})
+    header = markdown("t", recs, noisy).splitlines()[:4]
+    assert header[2].startswith("> **WARNING: this policy can keep a change that does nothing")
+    led = Ledger(tmp_path / "runs" / "t")
+    for r in recs:
+        led.append(r)
+    (led.dir / "run.json").write_text(json.dumps({"policy": noisy.model_dump()}))
+    _, path = write(led.dir, "t")
+    assert "can keep a change that does nothing" in path.read_text().splitlines()[2]

@@ -19,7 +19,7 @@ from tests.sandbox_kit import REAL_TRAIN_PY, TEST_RUN_PREFIX, candidate, policy
 pytestmark = pytest.mark.docker
 
 STEPS = 3
-POLICY = dict(train={"budget_seconds": 60, "timeout_seconds": 180, "max_steps": STEPS})
+POLICY = dict(train={"budget_seconds": 60, "allowance_seconds": 120, "max_steps": STEPS})
 
 
 def _run_tag() -> str:

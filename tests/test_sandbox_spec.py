@@ -18,7 +18,8 @@ def _hardening(image="img:tag", name="n", labels=LABELS, memory="2g", pids=128, 
         "network_mode": "none", "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmpfs}m,mode=1777"},
         "ipc_mode": "private", "shm_size": f"{shm}m",
-        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "privileged": False,
+        "cap_drop": ["ALL"], "privileged": False,
+        "security_opt": ["no-new-privileges", f"seccomp={spec.seccomp_profile()}"],
         "user": "65534:65534", "pids_limit": pids, "mem_limit": memory, "memswap_limit": memory,
         "nano_cpus": int(cpus * 1e9), "init": True,
         "log_config": LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
@@ -28,7 +29,7 @@ def _hardening(image="img:tag", name="n", labels=LABELS, memory="2g", pids=128, 
 
 
 def test_train_container_spec_is_exactly_the_hardened_one(tmp_path):
-    pol = policy(train={"budget_seconds": 8, "timeout_seconds": 90, "max_steps": 20})
+    pol = policy(train={"budget_seconds": 8, "allowance_seconds": 82, "max_steps": 20})
     data = tmp_path / "data"
     got = spec.train(pol, image="img:tag", name="n", labels=LABELS, train_dir=tmp_path / "slot" / "train",
                      data_dir=data, out_volume="vol-out")
@@ -65,7 +66,7 @@ def test_eval_container_spec_mounts_val_and_the_host_model_directory_read_only(t
     data = tmp_path / "data"
     got = spec.evaluate(pol, image="img:tag", name="n", labels=LABELS, model_dir=tmp_path / "model",
                         data_dir=data, out_volume="vol-eval")
-    wait = spec.STANDBY_MAX_S + pol.train.timeout_seconds + pol.eval.timeout_seconds
+    wait = spec.STANDBY_MAX_S + pol.train.deadline_seconds + pol.eval.timeout_seconds
     want = _hardening() | {
         "command": ["python", "-m", "trainer.evaluate", "--model", "/in/model.pt2", "--data", "/data",
                     "--preset", "tiny", "--out", "/out/result.json", "--device", "cpu",

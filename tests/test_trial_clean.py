@@ -16,7 +16,7 @@ from tests.sandbox_kit import REAL_TRAIN_PY, candidate, policy, real_candidate, 
 pytestmark = pytest.mark.docker
 
 STEPS, SEED = 3, 4242
-POLICY = dict(train={"budget_seconds": 60, "timeout_seconds": 180, "max_steps": STEPS})
+POLICY = dict(train={"budget_seconds": 60, "allowance_seconds": 120, "max_steps": STEPS})
 
 
 @pytest.fixture(scope="module")

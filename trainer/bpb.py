@@ -20,7 +20,13 @@ one. A scored target weighs its byte length (tokenizer/token_bytes.json); specia
 left out of both sums, so padding, document starts and cross-document boundaries cost nothing.
 
 Batches. Rows are grouped into the fixed (eval_batch_size, seq_len) shape the model was exported with; the last
-batch is filled with all-BOS rows whose mask is empty.
+batch is filled with all-BOS rows whose mask is empty. Given the batch size, `pack` also orders the rows so that no
+batch holds two pieces of one document (`separate`): a row's continuation is then never in its batch, so a model
+that reads other rows cannot read its own document's future there (the probes check the rest, trainer/probes.py).
+Rows stay in their order when no document is split (every document fits a row); otherwise a row that would
+share a batch with another piece of its document moves to a later batch and the rows after it take its place.
+A batch that cannot be filled that way (a document with more pieces than there are batches) is completed with
+all-BOS rows, which weigh nothing.
 
 Arithmetic. For each scored target, nll = logsumexp(logits) - logits[target] from the model's float32 logits, as
 (max - logits[target]) in float64 plus log(sum(exp(logits - max))) in float32 (see token_nll: within ~1e-6 nats of
@@ -129,15 +135,56 @@ def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack(tokens: np.ndarray, bos_id: int, seq_len: int) -> EvalLayout:
-    """Lay out a val token stream as eval rows (see the module docstring)."""
+def separate(docs_of_row: list[set[int]], batch_size: int) -> list[int | None]:
+    """An order of rows (None: an all-BOS row) in which no batch of `batch_size` holds two rows sharing a document.
+
+    docs_of_row: for each row, the documents that have pieces in other rows too. Rows are taken in order, each into
+    the first batch with room that comes after every batch holding one of its documents (a new batch at the end
+    when there is none), so rows keep their order when no two of them share a document, and a row that moves
+    leaves its place to the rows after it. Deterministic; a batch left with room before the last one is filled
+    with all-BOS rows.
+    """
+    batches: list[list[int]] = []
+    with_room: list[int] = []             # the batches that are not full, ascending
+    latest: dict[int, int] = {}           # document -> the last batch that holds a piece of it
+    for r, docs in enumerate(docs_of_row):
+        after = max((latest[d] + 1 for d in docs if d in latest), default=0)
+        k = bisect.bisect_left(with_room, after)
+        if k == len(with_room):
+            batches.append([])
+            with_room.append(len(batches) - 1)
+        b = with_room[k]
+        batches[b].append(r)
+        if len(batches[b]) == batch_size:
+            with_room.pop(k)
+        for d in docs:
+            latest[d] = max(latest.get(d, -1), b)
+    out: list[int | None] = []
+    for i, members in enumerate(batches):
+        out.extend(members)
+        if i < len(batches) - 1:
+            out.extend([None] * (batch_size - len(members)))
+    return out
+
+
+def pack(tokens: np.ndarray, bos_id: int, seq_len: int, batch_size: int | None = None) -> EvalLayout:
+    """Lay out a val token stream as eval rows (see the module docstring); with `batch_size`, rows are ordered so
+    that no batch holds two pieces of one document (`separate`)."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     row_len = seq_len + 1
-    items = [piece for doc in split_documents(np.asarray(tokens), bos_id) for piece in pieces(doc, row_len)]
+    items, doc_of = [], []
+    for d, doc in enumerate(split_documents(np.asarray(tokens), bos_id)):
+        for piece in pieces(doc, row_len):
+            items.append(piece)
+            doc_of.append(d)
     if not items:
         raise DataError("the val split holds no tokens; run `autoresearch prepare` again")
     placed = best_fit_decreasing([len(p) for p in items], row_len)
+    if batch_size is not None:
+        split = {d for d, n in zip(*np.unique(doc_of, return_counts=True)) if n > 1}
+        order = separate([{doc_of[i] for i in members} & split for members in placed], batch_size)
+        placed = [placed[r] if r is not None else [] for r in order]
     top = max(int(p.max()) for p in items)
     rows = np.full((len(placed), row_len), bos_id, np.uint16 if top < 2**16 else np.int64)
     mask = np.zeros((len(placed), seq_len), bool)

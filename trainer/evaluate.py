@@ -14,8 +14,9 @@ torch import and warm-up are off the critical path; see `wait_for_model`).
 
 Steps: verify DATA/val and DATA/tokenizer against DATA/manifest.json; lay out the val tokens (trainer/bpb.py);
 load and check the model against the TRUSTED shapes (seq_len and eval_batch_size from trainer/presets.yaml,
-vocab_size from tokenizer.json, never from the model); run the fairness probes (trainer/probes.py); score every
-batch; write ONE result.json (schema "autoresearch.result/1", docs/result-schema.md) atomically.
+vocab_size from tokenizer.json, never from the model); score every batch and, right after each scoring pass, run
+the fairness probes on that batch against its logits (trainer/probes.py; a failure ends the evaluation); write ONE
+result.json (schema "autoresearch.result/1", docs/result-schema.md) atomically.
 
 Exit status: 0 whenever a result was written, whatever its status (ok, violation, invalid_model); 2 for a usage
 error (unknown preset); 3 when it could not run at all (missing or corrupt val data, no CUDA device): a one-line
@@ -98,7 +99,8 @@ def _skeleton(preset: str, p: dict, device: str) -> dict:
         "schema": SCHEMA, "status": "invalid_model", "val_bpb": None, "val_loss": None,
         "eval_tokens": None, "eval_bytes": None, "preset": preset, "seq_len": p["seq_len"],
         "eval_batch_size": p["eval_batch_size"], "vocab_size": None, "device": device,
-        "probes": {"seed": None, "tolerance": probes.TOLERANCE, **{n: None for n in PROBE_NAMES}},
+        "probes": {"seed": None, "tolerance": probes.TOLERANCE, "causality_passes": None, "miss_bound": None,
+                   **{n: None for n in PROBE_NAMES}},
         "data": {"manifest_sha256": None, "bpb_floor": None, "source": None, "baselines": {}},
         "model": {"sha256": None, "bytes": None, "num_params": None},
         "timings": {"data_s": None, "load_s": None, "probe_s": None, "eval_s": None, "total_s": None},
@@ -117,8 +119,9 @@ def _model_facts(path: Path) -> dict:
     return {"sha256": None, "bytes": None}
 
 
-def read_val(data: Path, seq_len: int):
+def read_val(data: Path, seq_len: int, batch_size: int | None = None):
     """(manifest, vocab_size, bos_id, token_bytes, layout): the val split, verified against the manifest first.
+    With batch_size, no eval batch of the layout holds two pieces of one document (trainer/bpb.py).
 
     Raises DataError (one line) when anything is missing, corrupt, unlisted or inconsistent.
     """
@@ -141,24 +144,10 @@ def read_val(data: Path, seq_len: int):
     if tokens.size and int(tokens.max()) >= vocab:
         raise DataError(f"val tokens reach id {int(tokens.max())}, outside vocab_size {vocab}; "
                         "run `autoresearch prepare` again")
-    layout = bpb.pack(tokens, bos, seq_len)
+    layout = bpb.pack(tokens, bos, seq_len, batch_size)
     if not layout.totals(token_bytes)[1]:
         raise DataError(f"the val split in {data} has no scorable bytes; run `autoresearch prepare` again")
     return manifest, vocab, bos, token_bytes, layout
-
-
-def probe_batch(layout: bpb.EvalLayout, batch: int, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray]:
-    """(k, base inputs (batch, seq_len), donor rows): eval batch k, a random full one, and up to 4 batches of other
-    rows."""
-    seq_len, bos = layout.seq_len, layout.bos_id
-    full = layout.n_rows // batch
-    k = int(rng.integers(full)) if full else 0
-    base = np.full((batch, seq_len + 1), bos, np.int64)
-    chunk = layout.rows[k * batch:(k + 1) * batch]
-    base[:len(chunk)] = chunk
-    others = np.setdiff1d(np.arange(layout.n_rows), np.arange(k * batch, (k + 1) * batch))
-    pick = np.sort(rng.choice(others, size=min(len(others), 4 * batch), replace=False)) if len(others) else others
-    return k, base[:, :-1], layout.rows[pick].astype(np.int64)
 
 
 def wait_for_model(path: Path, wait_s: float, poll_s: float = 0.02) -> float:
@@ -207,7 +196,7 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
     seq_len, batch = p["seq_len"], p["eval_batch_size"]
 
     data = Path(data)
-    manifest, vocab, bos, token_bytes, layout = read_val(data, seq_len)
+    manifest, vocab, bos, token_bytes, layout = read_val(data, seq_len, batch)
     res["eval_tokens"], res["eval_bytes"] = layout.totals(token_bytes)
     res["vocab_size"] = vocab
     res["data"] = {"manifest_sha256": manifest_sha256(data),
@@ -246,53 +235,48 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
             raise InvalidModel(f"model failed on {what}: {_one_line(e)}") from None
         return logits
 
-    # probes, on one real eval batch picked with an unpredictable (recorded) seed
+    # the probes' plan: K causality passes per batch from the layout, random choices from a recorded seed
     seed = probe_seed if probe_seed is not None else secrets.randbits(63)
-    res["probes"]["seed"] = seed
-    rng = np.random.default_rng(seed)
-    k, base_np, donors = probe_batch(layout, batch, rng)
-    base = torch.as_tensor(base_np).to(device)
-    try:
-        first = forward(base, "a probe batch")
-        if not torch.isfinite(first).all():
-            raise InvalidModel("model gives non-finite logits (NaN or inf) on real val rows")
-        ran = probes.run_probes(lambda x: forward(x, "a probe batch"), base, donors, vocab, bos,
-                                int(rng.integers(2**63)), base_logits=first)
-        # the probe batch is eval batch k: it is scored from these logits, which the determinism probe has just
-        # shown a second pass reproduces (one forward pass fewer; the sums are added in batch order as always)
-        x_k, y_k, _ = layout.batch(k, batch, token_bytes)
-        nll_k = bpb.token_nll(first, torch.as_tensor(y_k)) if np.array_equal(x_k, base_np) else None
-        del first
-    except InvalidModel as e:
-        res["timings"]["probe_s"] = round(time.perf_counter() - t2, 4)
-        return finish("invalid_model", str(e))
-    for name, r in ran.items():
-        res["probes"][name] = r.to_json()
-    t3 = time.perf_counter()
-    res["timings"]["probe_s"] = round(t3 - t2, 4)
-    failed = next((r for r in ran.values() if not r.passed), None)
-    if failed is not None:
-        return finish("violation", f"{failed.name} probe failed: {failed.evidence}")
-
-    # the score
     n_batches = layout.n_batches(batch)
+    n_cands = np.array([len(c) for c in probes.candidates(layout.weights(token_bytes))])
+    passes = probes.causality_passes(n_cands)
+    res["probes"].update(seed=seed, causality_passes=passes, miss_bound=probes.miss_bound(passes, n_cands))
+    prober = probes.Prober(lambda x: forward(x, "a probe pass"), layout.rows[:, :-1], layout.mask.any(axis=1), batch,
+                           n_batches, vocab, bos, seed, passes)
+
+    # the score, each batch probed right after its scoring pass
     tally = bpb.Tally()
+    probe_s, failed = 0.0, None
     try:
         for i, (x, y, w) in enumerate(layout.batches(batch, token_bytes)):
-            if i == k and nll_k is not None:
-                tally.add_nll(nll_k, w)
-                continue
-            logits = forward(torch.as_tensor(x).to(device), f"eval batch {i + 1}/{n_batches}")
+            where = f"eval batch {i + 1}/{n_batches}"
+            x = torch.as_tensor(x).to(device)
+            logits = forward(x, where)
             nll = bpb.token_nll(logits, torch.as_tensor(y))      # NaN or +inf anywhere in a row makes it non-finite
-            del logits
             if not torch.isfinite(nll).all():
-                raise InvalidModel(f"model gives non-finite logits (NaN, inf, or -inf at a target) in eval batch "
-                                   f"{i + 1}/{n_batches}")
+                raise InvalidModel(f"model gives non-finite logits (NaN, inf, or -inf at a target) in {where}")
+            if not torch.isfinite(logits).all():
+                raise InvalidModel(f"model gives non-finite logits (NaN or inf) in {where}")
             tally.add_nll(nll, w)
+            tp = time.perf_counter()
+            try:
+                failed = prober.batch(i, x, logits, w)
+            finally:
+                probe_s += time.perf_counter() - tp
+            del logits
+            if failed is not None:
+                break
     except InvalidModel as e:
-        res["timings"]["eval_s"] = round(time.perf_counter() - t3, 4)
+        res["timings"]["probe_s"] = round(probe_s, 4)
+        res["timings"]["eval_s"] = round(time.perf_counter() - t2 - probe_s, 4)
         return finish("invalid_model", str(e))
-    res["timings"]["eval_s"] = round(time.perf_counter() - t3, 4)
+    t3 = time.perf_counter()
+    for name, r in prober.results().items():
+        res["probes"][name] = r.to_json()
+    res["timings"]["probe_s"] = round(probe_s, 4)
+    res["timings"]["eval_s"] = round(t3 - t2 - probe_s, 4)
+    if failed is not None:
+        return finish("violation", f"{failed.name} probe failed: {failed.evidence}")
     if (tally.tokens, tally.bytes) != (res["eval_tokens"], res["eval_bytes"]):
         raise RuntimeError(f"evaluator bug: scored {tally.tokens} tokens / {tally.bytes} bytes, layout has "
                            f"{res['eval_tokens']} / {res['eval_bytes']}")
@@ -302,7 +286,7 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
 
 # --------------------------------------------------------------------------- the schema, checked
 
-_PROBE_KEYS = {"passed", "max_abs_diff", "evidence", "positions", "rows"}
+_PROBE_KEYS = {"passed", "max_abs_diff", "evidence", "positions", "rows", "batches"}
 _SECTIONS = {  # section -> {field: (kind, nullable)}; kind: "str", "int", "num" (finite int or float), "nums"
     "data": {"manifest_sha256": ("str", True), "bpb_floor": ("num", True), "source": ("str", True),
              "baselines": ("nums", False)},
@@ -368,11 +352,14 @@ def check_result(obj) -> list[str]:
         errs.append("error must be null when status is ok")
     field("error", obj["error"], "str", nullable=ok)
     pr = obj["probes"]
-    if not isinstance(pr, dict) or set(pr) != {"seed", "tolerance", *PROBE_NAMES}:
-        errs.append(f"probes must hold exactly seed, tolerance and {', '.join(PROBE_NAMES)}")
+    if not isinstance(pr, dict) or set(pr) != {"seed", "tolerance", "causality_passes", "miss_bound", *PROBE_NAMES}:
+        errs.append(f"probes must hold exactly seed, tolerance, causality_passes, miss_bound and "
+                    f"{', '.join(PROBE_NAMES)}")
     else:
-        field("probes.seed", pr["seed"], "int", nullable=True)
+        field("probes.seed", pr["seed"], "int", nullable=not ok)
         field("probes.tolerance", pr["tolerance"], "num")
+        field("probes.causality_passes", pr["causality_passes"], "int", nullable=not ok)
+        field("probes.miss_bound", pr["miss_bound"], "num", nullable=not ok)
         for name in PROBE_NAMES:
             r = pr[name]
             if r is None:
@@ -388,6 +375,9 @@ def check_result(obj) -> list[str]:
             field(f"probes.{name}.evidence", r["evidence"], "str")
             field(f"probes.{name}.positions", r["positions"], "ints")
             field(f"probes.{name}.rows", r["rows"], "ints")
+            field(f"probes.{name}.batches", r["batches"], "int")
+            if ok and _is(r["batches"], "int") and r["batches"] < 1:
+                errs.append(f"probes.{name}.batches must be at least 1 when status is ok")
             if ok and r["passed"] is not True:
                 errs.append(f"probes.{name} did not pass but status is ok")
         if obj["status"] == "violation" and not any(isinstance(pr[n], dict) and pr[n].get("passed") is False

@@ -1,4 +1,5 @@
-"""Fairness probes: evidence that an exported model scores each token from its own past only, row by row.
+"""Fairness probes: evidence that an exported model scores each token from its own past only, row by row, in every
+eval batch.
 
 TRUSTED CODE (baked into the trial image; used only by the evaluator). The model under test is untrusted.
 
@@ -8,19 +9,41 @@ larger than TOLERANCE = 1e-4 nats. With identical inputs the same kernels run in
 shows differences of exactly 0 on CPU; the tolerance only absorbs non-deterministic GPU reductions. A model that
 leaked future tokens through differences below the tolerance could gain at most about 1e-4 nats per token.
 
-The probes run on a base batch: one real eval batch, picked at random with an unpredictable seed (recorded in
-the result), so a model cannot tell probe rows from scored rows. In order:
+Where. Every eval batch is probed, the BOS-padded last one included, right after its scoring pass, in the content
+and shape it is scored in. The scoring pass's log-probs are the reference, so each probe pass costs one forward
+pass. The model sees one batch per call and keeps no state (trainer/program.py), so it cannot tell a probe pass
+from a scoring pass except by the tokens a probe changed. Per batch, in order (`Prober.batch`):
 
-1. determinism: the base batch twice -> identical log-probs. A stateful or random program could otherwise pass the
-   other probes by chance or by design.
-2. batch_independence: replace a random subset of rows (1 to B-1 of them) with other real rows (random tokens
-   when the val split has no others) -> the untouched rows' log-probs must not change at any position. Twice.
-3. causality: each probe batch gives every row its own cut position t (random; no position repeats before all
-   have been used), keeps tokens 0..t and replaces every token after t with a different one -> log-probs at
-   positions 0..t must not change. Rows are perturbed independently of each other (probe 2 established that
-   they do not interact), so one forward pass checks eval_batch_size cut positions. A model that peeks at the
-   next token is caught at any t; one that peeks only at some positions is caught when a cut lands there.
-A failure stops the probes: the result gets status "violation", the failing probe and its evidence.
+1. determinism (one batch per evaluation, picked at random): the batch again -> identical log-probs.
+2. batch_independence (one pass): each row is replaced, with probability 1/2, by a real row of another batch
+   (random tokens after a BOS when there is none), at least one row replaced and one kept -> the kept rows'
+   log-probs must not change at any position.
+3. causality (K passes, `causality_passes`): every row gets its own cut t, drawn afresh each pass, uniformly over
+   its candidate positions (`candidates`: scored positions except the row's last, whose next token is in no row
+   of the batch, see trainer/bpb.py); the tokens after t are replaced by random tokens, each different from the
+   one it replaces -> the log-probs at positions 0..t must not change. Rows with no candidate (BOS padding) are
+   left as they are and must not change at all.
+A difference found by 2 or 3 is checked once more by running the unchanged batch again: if that differs too, the
+model fails determinism instead. A failure stops the probes: the result gets status "violation", the failing
+probe and its evidence.
+
+The bound (docs/result-schema.md has it with the numbers per preset). Say the model reads ahead at position t of a
+row if a pass that cuts the row at t changes its log-probs at t, whatever the pass does to the other rows (a model
+that peeks only in batches that look unprobed qualifies: a pass changes every row with a candidate). Let row r
+have n_r candidate positions, m_r of which read ahead, g_r = m_r / n_r. A pass's cut in row r is uniform and
+independent of everything else, so it lands on one of them with probability g_r, independently across rows and
+passes; the model is deterministic, so a pass whose cut lands there shows the change. Over K passes of every batch
+
+    P(miss) = prod_r (1 - g_r)^K <= exp(-K sum_r g_r) <= exp(-K M / n_max)
+
+with M = sum_r m_r the positions that read ahead and n_max = max_r n_r. A model that reads ahead at a share phi of
+all N = sum_r n_r candidate positions (M = phi N), however it picks them (by content, row or batch), passes with
+probability at most exp(-K phi N / n_max). K is the least number of passes that makes this MISS_TARGET at
+phi = PEEK_SHARE: K = ceil(ln(1 / MISS_TARGET) n_max / (PEEK_SHARE N)). A row that reads ahead at every candidate
+(g_r = 1: a peek on a share of rows, or only in one batch) is caught with certainty by the first pass. Fewer,
+scattered positions are caught with the probability above (1 - exp(-K M / n_max)), no better: to see that the
+log-probs at t depend on the token at t + 1 takes an input that agrees with the scored row up to t and differs at
+t + 1, so one forward pass can test one position per row, and K passes test K positions of each row.
 """
 from __future__ import annotations
 
@@ -32,8 +55,10 @@ import numpy as np
 import torch
 
 TOLERANCE = 1e-4
-CAUSALITY_BATCHES = 4
-BATCH_INDEPENDENCE_BATCHES = 2
+MISS_TARGET = 1e-6           # the causality probe misses a peek at PEEK_SHARE of the positions at most this often
+PEEK_SHARE = 0.01
+MAX_CAUSALITY_PASSES = 256   # per batch; only a val split of under ~5 full rows wants more (miss_bound then says so)
+LISTED = 512                 # cut positions and replaced rows listed in a result, at most (the seed reproduces all)
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -46,7 +71,8 @@ class ProbeResult:
     max_abs_diff: float
     evidence: str = ""
     positions: list[int] = field(default_factory=list)   # causality: cut positions t that were checked
-    rows: list[int] = field(default_factory=list)        # batch_independence: rows that were replaced
+    rows: list[int] = field(default_factory=list)        # batch_independence: rows (in eval order) replaced
+    batches: int = 0                                     # eval batches this probe checked
 
     def to_json(self) -> dict:
         """JSON-ready; a non-finite difference (NaN or inf logits in a probe batch) becomes null."""
@@ -55,10 +81,58 @@ class ProbeResult:
         d["max_abs_diff"] = d["max_abs_diff"] if math.isfinite(d["max_abs_diff"]) else None
         return d
 
+    def note(self, diff: float, positions=(), rows=()) -> None:
+        self.max_abs_diff = max(self.max_abs_diff, diff) if math.isfinite(diff) else diff
+        self.positions.extend(int(p) for p in positions[:max(0, LISTED - len(self.positions))])
+        self.rows.extend(int(r) for r in rows[:max(0, LISTED - len(self.rows))])
 
-def _logprobs(model: Model, x: torch.Tensor) -> torch.Tensor:
+    def fail(self, diff: float, evidence: str) -> ProbeResult:
+        self.passed, self.max_abs_diff, self.evidence = False, diff, evidence
+        return self
+
+
+def candidates(weights: np.ndarray) -> list[np.ndarray]:
+    """Per row of a (B, T) weight map (> 0 where the target is scored): the positions t a causality cut may take,
+    every scored position but the last one of the row (t <= T - 2)."""
+    return [np.flatnonzero(w[:-1] > 0) for w in np.asarray(weights)]
+
+
+def causality_passes(n_candidates: np.ndarray) -> int:
+    """K: the causality passes per batch that bound a miss of a PEEK_SHARE peek by MISS_TARGET (module docstring).
+    n_candidates: every row's number of candidate positions, over the whole evaluation."""
+    n = np.asarray(n_candidates, dtype=np.int64)
+    if not n.size or n.max() == 0:
+        return 1
+    k = math.ceil(math.log(1 / MISS_TARGET) * int(n.max()) / (PEEK_SHARE * int(n.sum())))
+    return max(1, min(MAX_CAUSALITY_PASSES, k))
+
+
+def miss_bound(passes: int, n_candidates: np.ndarray, share: float = PEEK_SHARE) -> float:
+    """The bound on P(a model reading ahead at `share` of the candidate positions passes `passes` causality passes
+    of every batch): exp(-passes * share * N / n_max); 0.0 when no row has a candidate (no row has a future)."""
+    n = np.asarray(n_candidates, dtype=np.int64)
+    if not n.size or n.max() == 0:
+        return 0.0
+    return math.exp(-passes * share * int(n.sum()) / int(n.max()))
+
+
+def _logits(model: Model, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.log_softmax(model(x).float(), dim=-1)
+        return model(x).float()
+
+
+def _compare(out: torch.Tensor, ref: torch.Tensor, check: torch.Tensor) -> torch.Tensor:
+    """(B, T) largest log-prob difference between two (B, T, V) logit tensors at the `check`ed positions (0 elsewhere).
+
+    Log-softmax is taken only where the logits are not bitwise equal (an honest model on CPU: nowhere), which gives
+    the same numbers as taking it everywhere, at a fraction of the cost. NaN stays NaN (`_worst` counts it).
+    """
+    diff = torch.zeros(check.shape, device=out.device)
+    differs = check & ~(out == ref).all(dim=-1)
+    if bool(differs.any()):
+        diff[differs] = (torch.log_softmax(out[differs], dim=-1)
+                         - torch.log_softmax(ref[differs], dim=-1)).abs().amax(dim=-1)
+    return diff
 
 
 def _worst(diff: torch.Tensor) -> tuple[float, tuple[int, ...]]:
@@ -69,94 +143,115 @@ def _worst(diff: torch.Tensor) -> tuple[float, tuple[int, ...]]:
     return float(diff.max().item()), tuple(int(i) for i in idx)
 
 
-def determinism(model: Model, base: torch.Tensor, ref: torch.Tensor) -> ProbeResult:
-    again = _logprobs(model, base)
-    diff = (again - ref).abs().amax(dim=-1)
-    worst, (row, pos) = _worst(diff)
-    ok = worst <= TOLERANCE
-    ev = "" if ok else f"the same batch gave different log-probs on a second run (row {row}, position {pos})"
-    return ProbeResult("determinism", ok, worst, ev)
+class Prober:
+    """The probes over one evaluation: `batch` after each scoring pass, `results` at the end.
 
-
-def batch_independence(model: Model, base: torch.Tensor, ref: torch.Tensor, donors: np.ndarray,
-                       rng: np.random.Generator, vocab_size: int, bos_id: int,
-                       batches: int = BATCH_INDEPENDENCE_BATCHES) -> ProbeResult:
-    b, t = base.shape
-    if b < 2:
-        return ProbeResult("batch_independence", True, 0.0, "batch of one row: nothing to mix")
-    worst_all, changed_all = 0.0, []
-    for _ in range(batches):
-        k = int(rng.integers(1, b))                      # 1 .. b-1 rows replaced, at least one row untouched
-        changed = np.sort(rng.choice(b, size=k, replace=False))
-        probe = base.clone()
-        for r in changed:
-            if len(donors):
-                new = torch.as_tensor(donors[int(rng.integers(len(donors)))][:t].astype(np.int64))
-            else:
-                new = torch.as_tensor(rng.integers(0, vocab_size, size=t))
-                new[0] = bos_id
-            if torch.equal(new.to(base.device), base[r]):
-                new = (new + 1) % vocab_size
-            probe[r] = new.to(base.device)
-        kept = [r for r in range(b) if r not in set(changed.tolist())]
-        diff = (_logprobs(model, probe)[kept] - ref[kept]).abs().amax(dim=-1)
-        worst, (i, pos) = _worst(diff)
-        changed_all.extend(int(r) for r in changed)
-        worst_all = max(worst_all, worst)
-        if worst > TOLERANCE:
-            ev = (f"replacing rows {changed.tolist()} changed row {kept[i]} (untouched) at position {pos} by "
-                  f"{worst:.3g} nats: rows are mixed")
-            return ProbeResult("batch_independence", False, worst, ev, rows=changed.tolist())
-    return ProbeResult("batch_independence", True, worst_all, rows=changed_all)
-
-
-def causality(model: Model, base: torch.Tensor, ref: torch.Tensor, rng: np.random.Generator, vocab_size: int,
-              batches: int = CAUSALITY_BATCHES) -> ProbeResult:
-    b, t = base.shape
-    if t < 2:
-        return ProbeResult("causality", True, 0.0, "sequence of one token: no future to change")
-    n = batches * b
-    rounds = -(-n // (t - 1))                             # every position once before any repeats
-    cuts = np.concatenate([rng.permutation(t - 1) for _ in range(rounds)])[:n].reshape(batches, b)
-    worst_all, checked = 0.0, []
-    pos = torch.arange(t, device=base.device)
-    for k in range(batches):
-        probe = base.clone()
-        for r in range(b):
-            c = int(cuts[k, r])
-            tail = torch.as_tensor(rng.integers(0, vocab_size, size=t - c - 1), device=base.device)
-            same = tail == base[r, c + 1:]
-            probe[r, c + 1:] = torch.where(same, (tail + 1) % vocab_size, tail)
-        diff = (_logprobs(model, probe) - ref).abs().amax(dim=-1)              # (b, t)
-        keep = pos[None, :] <= torch.as_tensor(cuts[k], device=base.device)[:, None]
-        diff = torch.where(keep, diff, torch.zeros_like(diff))
-        worst, (r, p) = _worst(diff)
-        checked.extend(int(c) for c in cuts[k])
-        worst_all = max(worst_all, worst)
-        if worst > TOLERANCE:
-            ev = (f"changing tokens after position {int(cuts[k, r])} of row {r} changed the log-probs at position "
-                  f"{p} by {worst:.3g} nats: the model sees future tokens")
-            return ProbeResult("causality", False, worst, ev, positions=checked)
-    return ProbeResult("causality", True, worst_all, positions=checked)
-
-
-def run_probes(model: Model, base: torch.Tensor, donors: np.ndarray, vocab_size: int, bos_id: int,
-               seed: int, base_logits: torch.Tensor | None = None) -> dict[str, ProbeResult]:
-    """Run the probes in order and stop at the first failure. Returns {name: result} for the probes that ran.
-
-    base_logits: the model's output on `base` if the caller already has it (saves one forward pass).
+    model: the program (a failing call raises, as in scoring); pool: every eval row's inputs (n_rows, T), where
+    batch i holds rows i*B .. i*B+B-1; real: which of them hold a scored target (donors for batch independence are
+    real rows of the other batches); n_batches: how many batches there are (one is picked for the determinism
+    pass); passes: causality passes per batch (K).
     """
-    rng = np.random.default_rng(seed)
-    if base_logits is None:
-        ref = _logprobs(model, base)
-    else:
-        ref = torch.log_softmax(base_logits.float(), dim=-1)
-    results: dict[str, ProbeResult] = {}
-    for name, run in (("determinism", lambda: determinism(model, base, ref)),
-                      ("batch_independence",
-                       lambda: batch_independence(model, base, ref, donors, rng, vocab_size, bos_id)),
-                      ("causality", lambda: causality(model, base, ref, rng, vocab_size))):
-        results[name] = run()
-        if not results[name].passed:
-            break
-    return results
+
+    def __init__(self, model: Model, pool: np.ndarray, real: np.ndarray, batch_size: int, n_batches: int,
+                 vocab_size: int, bos_id: int, seed: int, passes: int):
+        self.model, self.pool, self.b = model, np.asarray(pool), batch_size
+        self.donors = np.flatnonzero(np.asarray(real))    # ascending
+        self.n_batches, self.vocab, self.bos, self.passes = n_batches, vocab_size, bos_id, passes
+        self.rng = np.random.default_rng(seed)
+        self.determinism_batch = int(self.rng.integers(max(1, n_batches)))
+        self.ran = {"determinism": ProbeResult("determinism", True, 0.0),
+                    "batch_independence": ProbeResult("batch_independence", True, 0.0),
+                    "causality": ProbeResult("causality", True, 0.0)}
+
+    def results(self) -> dict[str, ProbeResult]:
+        """{name: result} of the probes that ran (all three once every batch passed)."""
+        return {n: r for n, r in self.ran.items() if r.batches or not r.passed}
+
+    def batch(self, i: int, x: torch.Tensor, logits: torch.Tensor, weights: np.ndarray) -> ProbeResult | None:
+        """Probe eval batch i (inputs x, the scoring pass's logits, its target weights): the failed probe or None."""
+        ref = logits.float()
+        where = f"eval batch {i + 1}/{self.n_batches}"
+        if i == self.determinism_batch and not self._determinism(x, ref, where):
+            return self.ran["determinism"]
+        for name, run in (("batch_independence", lambda: self._batch_independence(i, x, ref, where)),
+                          ("causality", lambda: self._causality(x, ref, candidates(weights), where))):
+            failure = run()
+            if failure is not None:
+                diff, evidence = failure
+                if not self._determinism(x, ref, where):   # the unchanged batch differs too: not a leak
+                    del self.ran[name]
+                    return self.ran["determinism"]
+                return self.ran[name].fail(diff, evidence)
+            self.ran[name].batches += 1
+        return None
+
+    def _determinism(self, x: torch.Tensor, ref: torch.Tensor, where: str) -> bool:
+        diff = _compare(_logits(self.model, x), ref, torch.ones(x.shape, dtype=torch.bool, device=x.device))
+        worst, (row, pos) = _worst(diff)
+        r = self.ran["determinism"]
+        r.batches += 1
+        r.note(worst)
+        if worst > TOLERANCE:
+            r.fail(worst, f"the same batch ({where}) gave different log-probs on a second run (row {row}, position "
+                          f"{pos}) by {worst:.3g} nats")
+        return r.passed
+
+    def _donor(self, i: int, t: int) -> np.ndarray:
+        """A real row of another batch (its first t inputs), or BOS + random tokens when there is none."""
+        lo, hi = np.searchsorted(self.donors, [i * self.b, (i + 1) * self.b])
+        others = len(self.donors) - (hi - lo)
+        if others <= 0:
+            new = self.rng.integers(0, self.vocab, size=t)
+            new[0] = self.bos
+            return new
+        j = int(self.rng.integers(others))
+        return self.pool[self.donors[j if j < lo else j + (hi - lo)], :t].astype(np.int64)
+
+    def _batch_independence(self, i: int, x: torch.Tensor, ref: torch.Tensor, where: str):
+        b, t = x.shape
+        if b < 2:
+            return None
+        while True:
+            replaced = self.rng.random(b) < 0.5
+            if 0 < replaced.sum() < b:
+                break
+        base = x.cpu().numpy()
+        probe = base.copy()
+        for r in np.flatnonzero(replaced):
+            new = self._donor(i, t)
+            probe[r] = new if not np.array_equal(new, base[r]) else (new + 1) % self.vocab
+        kept = np.flatnonzero(~replaced)
+        check = torch.as_tensor(~replaced, device=x.device)[:, None].expand(b, t)
+        diff = _compare(_logits(self.model, torch.as_tensor(probe).to(x.device)), ref, check)[kept]
+        worst, (k, pos) = _worst(diff)
+        self.ran["batch_independence"].note(worst, rows=(np.flatnonzero(replaced) + i * self.b).tolist())
+        if worst > TOLERANCE:
+            return worst, (f"replacing rows {np.flatnonzero(replaced).tolist()} of {where} changed row {kept[k]} "
+                           f"(untouched) at position {pos} by {worst:.3g} nats: rows are mixed")
+        return None
+
+    def _causality(self, x: torch.Tensor, ref: torch.Tensor, cands: list[np.ndarray], where: str):
+        b, t = x.shape
+        base = x.cpu().numpy()
+        pos = torch.arange(t, device=x.device)
+        for _ in range(self.passes):
+            cuts = np.full(b, t - 1)                     # t - 1: the row is left as it is and checked whole
+            probe = base.copy()
+            for r, c in enumerate(cands):
+                if not len(c):
+                    continue
+                cut = int(c[self.rng.integers(len(c))])
+                tail = self.rng.integers(0, self.vocab, size=t - cut - 1)
+                probe[r, cut + 1:] = np.where(tail == base[r, cut + 1:], (tail + 1) % self.vocab, tail)
+                cuts[r] = cut
+            check = pos[None, :] <= torch.as_tensor(cuts, device=x.device)[:, None]
+            diff = _compare(_logits(self.model, torch.as_tensor(probe).to(x.device)), ref, check)
+            worst, (r, p) = _worst(diff)
+            self.ran["causality"].note(worst, positions=[int(cuts[r]) for r, c in enumerate(cands) if len(c)])
+            if worst > TOLERANCE:
+                if not len(cands[r]):
+                    return worst, (f"changing other rows of {where} changed row {r}, which the probe left as it "
+                                   f"was, at position {p} by {worst:.3g} nats: rows are mixed")
+                return worst, (f"changing the tokens after position {int(cuts[r])} of row {r} in {where} changed "
+                               f"its log-probs at position {p} by {worst:.3g} nats: the model sees future tokens")
+        return None

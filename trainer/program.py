@@ -29,20 +29,25 @@ Defences here, in order:
 2. Open it as a zip ourselves: only uncompressed entries, one root folder, and only the entry names an
    `torch.export.save` archive of one model holds. AOTInductor code, legacy files, extra files and custom or
    opaque objects are refused or dropped.
-3. Check the JSON: every payload has `use_pickle: false`; every string and key uses only [A-Za-z0-9_.]; names are
-   identifiers; every node target is an allow-listed `torch.ops.aten.*`/`torch.ops.prims.*` overload; no symbolic
-   shapes (no `expr_str`, no sym values), no custom objects, no subgraphs (no higher-order ops), no range
-   constraints; the signature has one user input, one user output, and no mutation outputs.
+3. Check the JSON: every payload has `use_pickle: false`; every string and key uses only [A-Za-z0-9_.] (string op
+   arguments may also hold ", ->" for einsum equations; float arguments may be Infinity/-Infinity/NaN); names are
+   identifiers; every node target is an aten op on the allowlist of pure deterministic ops (trainer/graph_ops.py:
+   no uninitialised memory such as aten.empty, no random op, nothing else; an in-place op counts as its
+   functional form), named in the refusal; no symbolic shapes (no `expr_str`, no sym values), no custom objects,
+   no subgraphs (no higher-order ops), no range constraints; the signature has one user input, one user output,
+   and no mutation outputs.
 4. Rebuild a NEW archive from the checked pieces: node metadata removed, `module_call_graph` replaced by a
    canonical one, `guards_code` emptied, sample inputs emptied (never unpickled), devices set to the eval device.
    Only this rebuilt archive reaches torch's loader (`load_pt2`, i.e. `torch.export.load` minus the legacy path).
 5. After loading, check the FX graph again (node kinds, OpOverload namespaces, no file or print ops), functionalize
    it if it holds an in-place op (`run_decompositions({})`: in-place writes to buffers or to the input become
-   signature outputs) and check that no mutable op schema and no mutation output remain, that state tensors are
-   plain dense tensors, and the static input/output shapes against the TRUSTED preset and tokenizer:
-   idx (eval_batch_size, seq_len) int64 -> logits (eval_batch_size, seq_len, vocab_size) float32.
-6. Run the graph with an FX Interpreter that re-checks every call target, under inference mode, never through
-   `ExportedProgram.module()` (no guards code).
+   signature outputs) and check that no mutable op schema and no mutation output remain, that every op of the
+   functional graph is on the allowlist with arguments that keep it pure (dropout off, no auxiliary attention
+   output, no accumulating index_put: graph_ops.argument_refusal), that state tensors are plain dense tensors,
+   and the static input/output shapes against the TRUSTED preset and tokenizer: idx (eval_batch_size, seq_len)
+   int64 -> logits (eval_batch_size, seq_len, vocab_size) float32.
+6. Run the graph with an FX Interpreter that re-checks every call target (allowlist included), under inference
+   mode, never through `ExportedProgram.module()` (no guards code).
 Any failure raises InvalidModel with a one-line reason; the evaluator turns it into status "invalid_model".
 """
 from __future__ import annotations
@@ -60,6 +65,8 @@ from pathlib import Path
 
 import torch
 
+from . import graph_ops
+
 MAX_MODEL_BYTES = 8 << 30           # a .pt2 larger than this is refused before it is read
 MAX_JSON_BYTES = 64 << 20           # a GPT's program JSON is well under 1 MiB; a huge one is refused unparsed
 ALLOWED_NAMESPACES = ("aten", "prims")
@@ -68,6 +75,8 @@ _SAFE = re.compile(r"^[A-Za-z0-9_.]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9_.+\-]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FQN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_STRING_ARG = re.compile(r"^[A-Za-z0-9_., >-]*$")  # string op arguments: modes ("tanh") and einsum equations
+_NONFINITE = {"Infinity", "-Infinity", "NaN"}      # how the serializer writes non-finite float arguments
 _TARGET = re.compile(r"^torch\.ops\.(aten|prims)\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
 _FORBIDDEN_KEYS = {"expr_str", "as_expr", "as_name", "as_graph", "as_custom_obj", "as_sym_bool", "as_sym_bools",
                    "as_sym_float", "as_sym_floats", "as_complex", "as_operator", "as_sym_int"}
@@ -178,8 +187,10 @@ def _walk(obj, where: str, key: str | None = None) -> None:
         for v in obj:
             _walk(v, where, key)
     elif isinstance(obj, str):
+        if key in ("as_float", "as_floats") and obj in _NONFINITE:
+            return
         rule = _IDENT if key in _NAME_KEYS else _FQN if key in _FQN_KEYS else _VERSION if key == "torch_version" \
-            else _SAFE
+            else _STRING_ARG if key in ("as_string", "as_strings") else _SAFE
         if not rule.match(obj):
             raise _fail(f"model graph has a {key or 'value'} string {obj[:40]!r} that is not a plain name "
                         f"(pattern {rule.pattern}) in {where}")
@@ -249,6 +260,9 @@ def _check_program_json(prog, device: str) -> dict:
                         "(no higher-order ops, custom ops or Python callables)")
         if m.group(2) in DENIED_OPS:
             raise _fail(f"model graph calls {target}, which does I/O; models may only compute on their input")
+        why = graph_ops.refusal(m.group(1), m.group(2), m.group(3))
+        if why:
+            raise _fail(why)
     for key in _EMPTY_REQUIRED:
         if graph.get(key):
             raise _fail(f"model graph has {key} (symbolic values or custom objects); export with static shapes")
@@ -303,26 +317,28 @@ def sanitize_archive(raw: bytes, device: str = "cpu") -> bytes:
 
 # --------------------------------------------------------------------------- 5-6: the loaded program
 
-def _allowed_target(target) -> str | None:
-    """None if a graph call target is allowed, else why not."""
+def _allowed_target(target, allow_mutable: bool = False) -> str | None:
+    """None if a graph call target is allowed, else why not (one line). With allow_mutable, an in-place or out= op
+    passes when its functional form is on the allowlist (the loader then functionalizes the graph)."""
     if target is operator.getitem:
         return None
+    forbidden = "model graph calls a forbidden op:"
     if not isinstance(target, torch._ops.OpOverload):
-        return f"{target!r} is not a torch operator"
+        return f"{forbidden} {target!r} is not a torch operator"
     if target.namespace not in ALLOWED_NAMESPACES:
-        return f"{target} is outside the {'/'.join(ALLOWED_NAMESPACES)} namespaces"
+        return f"{forbidden} {target} is outside the {'/'.join(ALLOWED_NAMESPACES)} namespaces"
     if target._schema.name.split("::")[-1] in DENIED_OPS:
-        return f"{target} does I/O"
-    if target._schema.is_mutable:
-        return f"{target} mutates its arguments"
-    return None
+        return f"{forbidden} {target} does I/O"
+    if target._schema.is_mutable and not allow_mutable:
+        return f"{forbidden} {target} mutates its arguments"
+    return graph_ops.target_refusal(target)
 
 
 class _CheckedInterpreter(torch.fx.Interpreter):
     def call_function(self, target, args, kwargs):
         why = _allowed_target(target)
         if why:
-            raise InvalidModel(f"model graph calls a forbidden op: {why}")
+            raise InvalidModel(why)
         return super().call_function(target, args, kwargs)
 
 
@@ -365,7 +381,9 @@ def _meta_shape(node) -> tuple[tuple[int, ...], torch.dtype] | None:
 
 def _graph_ops(gm: torch.fx.GraphModule, allow_mutable: bool) -> tuple[list, set[str], bool]:
     """(placeholders, op names, whether an op of mutable schema was let through) of a graph whose every node is a
-    placeholder, an allowed op call or the output. With allow_mutable, in-place and out= ops are let through."""
+    placeholder, an allowed op call or the output. Every op must be on the allowlist (trainer/graph_ops.py). With
+    allow_mutable, in-place and out= ops are let through; without, the graph is the functional one that will run,
+    and each call's arguments are checked too (dropout off, no auxiliary attention output, ...)."""
     if any(isinstance(m, torch.fx.GraphModule) for name, m in gm.named_modules() if name):
         raise _fail("model graph holds subgraphs (higher-order ops); export plain tensor ops")
     placeholders, ops, mutable = [], set(), False
@@ -373,10 +391,11 @@ def _graph_ops(gm: torch.fx.GraphModule, allow_mutable: bool) -> tuple[list, set
         if node.op == "placeholder":
             placeholders.append(node)
         elif node.op == "call_function":
-            why = _allowed_target(node.target)
-            if why and not (allow_mutable and why.endswith("mutates its arguments")):
-                raise _fail(f"model graph calls a forbidden op: {why}")
-            mutable = mutable or why is not None
+            why = _allowed_target(node.target, allow_mutable) or (
+                None if allow_mutable else graph_ops.argument_refusal(node))
+            if why:
+                raise _fail(why)
+            mutable = mutable or (node.target is not operator.getitem and node.target._schema.is_mutable)
             ops.add(str(node.target))
         elif node.op != "output":
             raise _fail(f"model graph has a {node.op} node; only tensor op calls are allowed")

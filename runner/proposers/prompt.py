@@ -1,7 +1,8 @@
 """The prompt the `openai` proposer sends: instructions, program.md, the current best files, recent trials.
 
 TRUSTED CODE. What goes in (history rows come from our own ledger; log tails are the untrusted trial's output and
-are shown to the model as data, truncated):
+are shown to the model as data, truncated, in a code fence longer than any backtick run in them, so they cannot
+close their own quote):
     system:  the role, the rules of the sandbox, and the reply format of `runner.patch` (documented there)
     user:    program.md, each allowed file of the current best commit in full, the recent trials as a table with
              status, val_bpb and description, and the log tail of recent failed trials
@@ -9,6 +10,9 @@ On a reply that does not parse or apply, the reply and a one-line error go back 
 """
 from __future__ import annotations
 
+import re
+
+from ..ledger import FAILED
 from .base import Context
 
 MAX_LOG_TAIL = 1500
@@ -48,10 +52,17 @@ def history_table(rows: list[dict], limit: int) -> str:
         best = f"{r['best_bpb_before']:.6f}" if r.get("best_bpb_before") is not None else "-"
         desc = " ".join(str(r.get("description", "")).split())
         reason = " ".join(str(r.get("reason", "")).split())
-        if r.get("status") in ("rejected", "crash", "timeout", "oom", "export_failed", "violation", "infra"):
+        if r.get("status") in ("rejected", *FAILED):
             desc = f"{desc} [{reason[:160]}]" if reason else desc
         lines.append(f"| {r.get('trial')} | {r.get('status')} | {bpb} | {best} | {desc.replace('|', '/')} |")
     return "\n".join(lines)
+
+
+def fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so the text cannot close its own quote (a log
+    line of ``` followed by fake instructions stays inside the block, by CommonMark's rule)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def failed_logs(rows: list[dict], limit: int) -> str:
@@ -59,7 +70,8 @@ def failed_logs(rows: list[dict], limit: int) -> str:
     parts = []
     for r in failed:
         tail = r["log_tail"][-MAX_LOG_TAIL:]
-        parts.append(f"Trial {r.get('trial')} ({r.get('status')}) ended with this output:\n```\n{tail}\n```")
+        f = fence(tail)
+        parts.append(f"Trial {r.get('trial')} ({r.get('status')}) ended with this output:\n{f}\n{tail}\n{f}")
     return "\n\n".join(parts)
 
 
@@ -69,7 +81,8 @@ def messages(ctx: Context, history: int) -> list[dict]:
     best = f"{ctx.best_bpb:.6f}" if ctx.best_bpb is not None else "not measured yet"
     parts += [f"# Current best (val_bpb {best})"]
     for path, text in sorted(ctx.files.items()):
-        parts += [f"## {path}", "```python", text.rstrip("\n"), "```", ""]
+        f = fence(text)
+        parts += [f"## {path}", f"{f}python", text.rstrip("\n"), f, ""]
     parts += ["# Recent trials (oldest first)", history_table(ctx.history, history), ""]
     if logs := failed_logs(ctx.history, history):
         parts += ["# Output of recent failed trials", logs, ""]

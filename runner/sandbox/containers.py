@@ -1,17 +1,19 @@
-"""Container lifecycle: start, stream logs, wait with a hard timeout, kill, copy a file out. TRUSTED CODE (host side).
+"""Container lifecycle: start, stream logs, wait with a hard timeout, kill, ask the engine who ended a container, copy a
+file out. TRUSTED CODE (host side).
 
 Everything a container prints or writes is hostile input here: log lines are cut to a fixed length and delivered
 at a bounded rate on a daemon thread (a slow or hanging callback cannot stall the runner), and a file is copied
 out only if the engine's archive holds exactly one regular file under the size cap (no links, no devices, no
 directories). Wall times are the engine's own State.StartedAt / State.FinishedAt.
+
+Who ended a container: the engine's events (`engine_events`). A kill, stop, pause or removal is an API call, which
+nothing inside a container can make (no container gets the engine's socket), so such an event that the host did
+not issue itself was an operator's or the engine's doing, never the candidate's (runner.sandbox.classify
+.outside_verdict). The engine keeps its last 256 events only: they are read as soon as the phase ends.
 """
 from __future__ import annotations
 
 import collections
-import os
-import shutil
-import tarfile
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,15 +21,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from . import archive
+
 MAX_LINE = 2000             # characters kept of one log line
 LINES_PER_SECOND = 50       # on_line callbacks per second at most; the rest are counted as dropped
 TAIL_LINES = 200            # lines the pump keeps for the log tail
 KILL_GRACE_S = 10           # how long to wait for the engine to confirm a kill
 EXPORTING_LINE = "harness: exporting model.pt2"   # the harness's line as its export starts (trainer/harness/export.py)
+LAUNCHED_LINE = "launch: running train.py"        # the launcher's line just before train.py runs (trainer/harness/
+                                                  # launch.py): printed before any candidate code, so it cannot be
+                                                  # withheld; its absence means the hand-over failed
+ENGINE_EVENTS = ("kill", "stop", "pause", "destroy", "die", "oom")   # what engine_events asks for
+MAX_EVENTS = 100            # events read for one container at most
 
 
-class RefusedFile(Exception):
-    """A file copied out of a container was not a single regular file under the cap. str() is one line."""
+RefusedFile = archive.RefusedFile   # a copied-out file that is not a single regular file under the cap
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Exit:
     wall_s: float | None            # FinishedAt - StartedAt (the engine's clocks)
     host_wall_s: float              # start() -> exit seen, on the host's monotonic clock
     engine_error: str = ""          # State.Error (the engine could not run it)
+    removed: bool = False           # the container was gone (removed from outside) when its end was read
 
 
 def _parse_time(ts: str | None) -> datetime | None:
@@ -69,6 +78,7 @@ class LogPump:
     first_step_at: float | None = None    # host monotonic time of the first "step=" line (benchmarks)
     on_exporting: Callable[[], None] | None = None   # called once, on the pump's thread, at the first EXPORTING_LINE
     exporting_at: float | None = None     # host monotonic time of that line
+    launched_at: float | None = None      # host monotonic time of the launcher's LAUNCHED_LINE
     _thread: threading.Thread | None = None
 
     def start(self) -> "LogPump":
@@ -91,6 +101,8 @@ class LogPump:
                     self.tail.append(line)
                     if self.first_step_at is None and line.startswith("step="):
                         self.first_step_at = time.monotonic()
+                    if self.launched_at is None and line == LAUNCHED_LINE:
+                        self.launched_at = time.monotonic()
                     if self.exporting_at is None and line == EXPORTING_LINE:
                         self.exporting_at = time.monotonic()
                         self._exporting()
@@ -154,7 +166,9 @@ def follow(container, on_line: Callable[[str], None] | None = None, since: float
 
 def wait_to_end(started: Started, timeout_s: float) -> tuple[Exit, LogPump | None]:
     """Wait until the container exits, at most timeout_s after started.t0 (its start, or with `follow` the moment
-    its input arrived); kill it after that. host_wall_s is measured from started.t0 too."""
+    its input arrived); kill it after that. host_wall_s is measured from started.t0 too. A container removed
+    meanwhile (from outside: the host never removes one mid-phase) gives an Exit with removed=True."""
+    import docker.errors
     import requests
     container, logs = started.container, started.logs
     t0 = started.t0
@@ -169,9 +183,14 @@ def wait_to_end(started: Started, timeout_s: float) -> tuple[Exit, LogPump | Non
             raise                                           # the engine went away, not a timeout
         timed_out = True
         kill(container)
+    except docker.errors.NotFound:
+        pass                                                # removed: the reload below says so
     host_wall = time.monotonic() - t0
-    container.reload()
-    state = container.attrs.get("State", {})
+    try:
+        container.reload()
+        state, removed = container.attrs.get("State", {}), False
+    except docker.errors.NotFound:
+        state, removed = {}, True
     if logs:
         logs.join(2.0)
     return Exit(
@@ -183,6 +202,7 @@ def wait_to_end(started: Started, timeout_s: float) -> tuple[Exit, LogPump | Non
         wall_s=engine_wall(state),
         host_wall_s=host_wall,
         engine_error=str(state.get("Error") or "")[:500],
+        removed=removed,
     ), logs
 
 
@@ -206,6 +226,29 @@ def kill(container) -> None:
         pass
 
 
+def engine_events(container, since: float, until: float | None = None) -> list[dict]:
+    """The engine's ENGINE_EVENTS for one container between since and until (unix seconds; until: now), oldest
+    first, at most MAX_EVENTS, each as {"action", "signal", "exit_code", "time"} (strings or None; time in
+    seconds). Works for a removed container too, while the engine still holds its events."""
+    until = time.time() if until is None else until
+    client = getattr(container, "client", None)
+    if client is None:
+        return []
+    stream = client.events(since=f"{since:.6f}", until=f"{until:.6f}", decode=True,
+                           filters={"type": "container", "container": [container.id], "event": list(ENGINE_EVENTS)})
+    out = []
+    try:
+        for e in stream:
+            attrs = (e.get("Actor") or {}).get("Attributes") or {}
+            out.append({"action": e.get("Action") or e.get("status"), "signal": attrs.get("signal"),
+                        "exit_code": attrs.get("exitCode"), "time": (e.get("timeNano") or 0) / 1e9})
+            if len(out) >= MAX_EVENTS:
+                break
+    finally:
+        stream.close()
+    return out
+
+
 def log_tail(container, lines: int = 100, max_chars: int = 20_000) -> str:
     """The last lines the engine kept (its json-file log is capped), bounded, decoded leniently."""
     try:
@@ -220,38 +263,11 @@ def log_tail(container, lines: int = 100, max_chars: int = 20_000) -> str:
 def fetch_file(container, path: str, max_bytes: int, dest: Path | None = None) -> bytes | None:
     """Copy one file out of a (running) container as hostile input: RefusedFile unless it is a single regular file
     of at most max_bytes. No link is ever followed. Returns the bytes, or with dest writes a new file there
-    (never through an existing file or link) and returns None."""
-    import docker.errors
+    (never through an existing file or link) and returns None. Streamed: the host holds at most max_bytes for it,
+    never a copy of the archive (runner/sandbox/archive.py)."""
+    res, stat = archive.open_archive(container, path)
     try:
-        stream, stat = container.get_archive(path, chunk_size=1 << 20)
-    except docker.errors.NotFound:
-        raise RefusedFile(f"{path} does not exist") from None
-    mode = int(stat.get("mode", 0))
-    if stat.get("linkTarget") or mode & (1 << 27) or mode & (1 << 31):   # Go's ModeSymlink / ModeDir
-        raise RefusedFile(f"{path} is a link or directory, not a regular file")
-    if int(stat.get("size", 0)) > max_bytes:
-        raise RefusedFile(f"{path} is {int(stat['size']):,} bytes, over the cap of {max_bytes:,}")
-    cap = max_bytes + 64 * 1024                         # tar headers and padding on top of the file
-    with tempfile.SpooledTemporaryFile(max_size=16 << 20) as buf:
-        for chunk in stream:
-            buf.write(chunk)
-            if buf.tell() > cap:
-                raise RefusedFile(f"{path} grew past the cap of {max_bytes:,} bytes while being copied")
-        buf.seek(0)
-        try:
-            with tarfile.open(fileobj=buf, mode="r:") as tar:
-                members = tar.getmembers()
-                if len(members) != 1 or not members[0].isreg():
-                    kinds = ", ".join(f"{m.name} ({'file' if m.isreg() else 'not a regular file'})" for m in members)
-                    raise RefusedFile(f"{path} is not a single regular file: {kinds or 'empty archive'}")
-                if members[0].size > max_bytes:
-                    raise RefusedFile(f"{path} is {members[0].size:,} bytes, over the cap of {max_bytes:,}")
-                src = tar.extractfile(members[0])
-                if dest is None:
-                    return src.read()
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    shutil.copyfileobj(src, f, 1 << 20)
-                return None
-        except tarfile.TarError as e:
-            raise RefusedFile(f"the engine's archive of {path} is unreadable: {e}") from None
+        archive.check_stat(stat, path, max_bytes)
+        return archive.read_one_file(res.iter_content(archive.BLOCK), path, max_bytes, dest)
+    finally:
+        res.close()                     # an unread archive keeps the container locked in the engine

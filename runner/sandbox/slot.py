@@ -13,6 +13,8 @@ a core is free then (docs/benchmarks.md).
     slot.hand_over_candidate(train_py, seed)     # trial.json, then train.py, renamed into dir/train (= /work)
     slot.hand_over_model(part)                   # model.pt2 renamed into dir/model (= the eval container's /in)
     slot.remove()                                # containers, volumes and dir; returns errors as strings
+    slot.killed_by_watchdog("train")             # its deadline kill, not an operator's (runner.sandbox.watchdog)
+    slot.outside_events("train")                 # the engine's kill/stop/... events for that container so far
 
     standby = Standby(policy, image=..., data_dir=..., run_tag=..., base_dir=...)   # one per run
     standby.take(policy, image, data_dir)        # the waiting slot if it fits and is still alive, else None
@@ -25,6 +27,12 @@ A hand-over first raises the container's CPU weight to the default, then renames
 a directory the container sees read-only: the container never sees a half-written input, and nothing it does
 can change what the host handed over. A slot's containers are hardened exactly like a trial's (they are the
 trial's): the candidate is untrusted from the moment it is handed over, and before that there is nothing of it.
+
+Every slot has a watchdog (runner/sandbox/watchdog.py), a host process of its own started before anything of the
+slot exists: each hand-over gives it that container's deadline (train: policy.train.deadline_seconds, eval:
+policy.eval.timeout_seconds, from the hand-over), which it enforces if the runner does not, and it removes the
+whole slot, holder included, as soon as the runner that made it is gone, or at the slot's maximum life
+(`max_life_s`). remove() ends it.
 """
 from __future__ import annotations
 
@@ -37,7 +45,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cleanup, spec as cspec
+from ..errors import InfraError
+from . import cleanup, containers as ccont, spec as cspec
+from .watchdog import MARKER, MAX_LIFE_MARGIN_S, Watchdog
 
 HOLD_TRAIN, HOLD_EVAL = "/hold/train", "/hold/eval"
 EVAL_OUT_MB = 16                      # result.json is small; the eval /out volume is capped at this
@@ -54,6 +64,9 @@ class Slot:
     evaluator: object = None
     volumes: list[str] = field(default_factory=list)
     started_at: float = 0.0           # host monotonic clock: when its containers were started
+    created_wall: float = 0.0         # host wall clock (the engine's, for its events): when the slot was begun
+    deadlines: dict = field(default_factory=dict)   # role -> seconds from its hand-over (the policy's)
+    watchdog: Watchdog | None = None
 
     @property
     def train_dir(self) -> Path:
@@ -90,6 +103,7 @@ class Slot:
         """Give the train container its weight and the candidate; returns the host monotonic time of the hand-over."""
         self.train.update(cpu_shares=cspec.RUNNING_CPU_SHARES)
         _place(self.train_dir, "trial.json", json.dumps({"seed": int(seed)}).encode())
+        self._deadline("train")
         _place(self.train_dir, "train.py", Path(train_py).read_bytes())     # last: the launcher waits for it
         return time.monotonic()
 
@@ -97,8 +111,42 @@ class Slot:
         """Rename the checked copy at model_part into the eval container's /in; returns the hand-over time."""
         self.evaluator.update(cpu_shares=cspec.RUNNING_CPU_SHARES)
         os.chmod(self.model_part, 0o444)
+        self._deadline("eval")
         os.rename(self.model_part, self.model)
         return time.monotonic()
+
+    def _deadline(self, role: str) -> None:
+        """Tell the watchdog, just before the hand-over (so its deadline is never later than the runner's)."""
+        if self.watchdog is not None and role in self.deadlines:
+            self.watchdog.deadline(role, time.monotonic() + self.deadlines[role])
+
+    def killed_by_watchdog(self, role: str) -> bool:
+        """The watchdog killed this role's container at its deadline (the runner had not)."""
+        return (self.dir / MARKER.format(role=role)).exists()
+
+    def outside_events(self, role: str) -> list[dict]:
+        """The engine's kill/stop/pause/destroy/die/oom events for this role's container since the slot began."""
+        c = {"train": self.train, "eval": self.evaluator, "holder": self.holder}[role]
+        return ccont.engine_events(c, since=self.created_wall - 1.0)
+
+    def holder_running(self) -> tuple[bool, bool]:
+        """(the holder still runs, it is gone altogether)."""
+        import docker.errors
+        try:
+            self.holder.reload()
+        except docker.errors.NotFound:
+            return False, True
+        return self.holder.status == "running", self.holder.status == "removing"
+
+    def being_removed(self, role: str) -> bool:
+        """This role's container is gone or on its way (`docker rm -f` kills first: its kill event comes first)."""
+        import docker.errors
+        c = {"train": self.train, "eval": self.evaluator, "holder": self.holder}[role]
+        try:
+            c.reload()
+        except docker.errors.NotFound:
+            return True
+        return c.status == "removing"
 
     def name_after(self, run_tag: str, trial_id: str) -> None:
         """Rename the containers after the trial that took the slot (what `docker ps` shows); their labels keep the
@@ -114,10 +162,14 @@ class Slot:
 
     def remove(self, client=None) -> list[str]:
         """Remove the containers (killing them), the volumes and the host directory; the errors, if any."""
-        errors = cleanup.remove_containers(self.containers())
-        if client is not None:
-            errors += cleanup.remove_volumes(client, self.volumes)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            errors = cleanup.remove_containers(self.containers())
+            if client is not None:
+                errors += cleanup.remove_volumes(client, self.volumes)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        finally:
+            if self.watchdog is not None:                 # last: it guards the slot until the slot is gone
+                self.watchdog.close()
         return errors
 
 
@@ -125,17 +177,30 @@ def slot_key(policy, image: str, data_dir: Path) -> tuple:
     return (image, policy.sha256(), str(Path(data_dir).resolve()))
 
 
+def max_life_s(policy) -> float:
+    """The longest a slot can be in use: waiting for its candidate (the containers' own backstop), the train
+    deadline, the eval timeout, and a margin for the copies between them. Its watchdog removes it after that."""
+    return cspec.STANDBY_MAX_S + policy.train.deadline_seconds + policy.eval.timeout_seconds + MAX_LIFE_MARGIN_S
+
+
 def open_slot(client, policy, *, image: str, data_dir: Path, run_tag: str, slot_id: str, dir: Path) -> Slot:
     """Create and start a trial's holder, train and eval containers, waiting for their inputs. Whatever was made
     is removed again if this fails (the engine's exception propagates)."""
     names = {role: cspec.name(run_tag, slot_id, role) for role in ("holder", "train", "eval", "train-out", "eval-out")}
     labels = {role: cspec.labels(run_tag, slot_id, role) for role in names}
-    slot = Slot(id=slot_id, dir=Path(dir), key=slot_key(policy, image, data_dir))
+    slot = Slot(id=slot_id, dir=Path(dir), key=slot_key(policy, image, data_dir), created_wall=time.time(),
+                deadlines={"train": policy.train.deadline_seconds, "eval": policy.eval.timeout_seconds})
     try:
         shutil.rmtree(slot.dir, ignore_errors=True)
         for d in (slot.train_dir, slot.model_dir):
             d.mkdir(parents=True)
             os.chmod(d, 0o755)                        # readable by the trial uid whatever the umask
+        try:                                          # first: from here on, a dead runner's slot goes with it
+            slot.watchdog = Watchdog.start(run_tag=run_tag, slot_id=slot_id, marker_dir=slot.dir,
+                                           volumes=[names["train-out"], names["eval-out"]],
+                                           max_life_s=max_life_s(policy))
+        except OSError as e:
+            raise InfraError(f"cannot start the slot's watchdog process: {e}") from None
         sizes = {"train-out": policy.limits.output_mb, "eval-out": min(EVAL_OUT_MB, policy.limits.output_mb)}
         for role, size in sizes.items():
             client.volumes.create(**cspec.output_volume(policy, name=names[role], labels=labels[role], size_mb=size))
@@ -149,6 +214,7 @@ def open_slot(client, policy, *, image: str, data_dir: Path, run_tag: str, slot_
         slot.evaluator = client.containers.create(**cspec.evaluate(
             policy, image=image, name=names["eval"], labels=labels["eval"], model_dir=slot.model_dir,
             data_dir=Path(data_dir), out_volume=names["eval-out"]))
+        slot.watchdog.containers(holder=slot.holder.id, train=slot.train.id, eval=slot.evaluator.id)
         slot.started_at = time.monotonic()
         for c in (slot.holder, slot.train, slot.evaluator):
             c.start()
@@ -200,7 +266,7 @@ class Standby:
         try:
             self.slot = open_slot(client, self.policy, image=self.image, data_dir=self.data_dir,
                                   run_tag=self.run_tag, slot_id=slot_id, dir=self.base_dir / slot_id)
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError, InfraError):
             self.slot = None
 
     def prepare_soon(self, client) -> None:

@@ -25,10 +25,25 @@ One train and one eval container per trial, as before.
 
 Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
 no-new-privileges, a non-root uid:gid, pids/memory(=memory+swap)/CPU limits, init, capped json-file logs, no core
-dumps, autoresearch.* labels; never privileged, never a host namespace, never the Docker socket.
+dumps, autoresearch.* labels, the project's seccomp profile; never privileged, never a host namespace, never the
+Docker socket.
+
+The seccomp profile (seccomp.json, next to this module; the engine takes its text, not a path, through the API) is
+the engine's default profile less what a training run never needs, refused with EPERM (SECCOMP_REMOVED below says
+what and why). The default already refuses most of these to a container without capabilities (mount, bpf, perf,
+unshare, modules, ...); the profile refuses them whatever capabilities a container has, and also those the default
+allows any container: on Docker 20.10.24 (measured by tests/adversarial/test_kernel.py) io_uring, ptrace of a
+same-uid process (PTRACE_SEIZE of the container's init succeeded), memfd_secret, modify_ldt, vmsplice,
+remap_file_pages, fanotify_mark, process_mrelease, adjtimex and clock_adjtime; newer defaults also allow
+process_vm_readv/writev and name_to_handle_at. Kept as the default has them: clone without namespace flags, clone3
+answering ENOSYS (glibc then falls back to clone, whose flags seccomp can check), personality's five harmless
+values, sockets of every family but AF_VSOCK. Only the native 64-bit system call table is allowed (no x86, x32 or
+arm compat entry points).
 """
 from __future__ import annotations
 
+import functools
+import json
 import re
 from pathlib import Path
 
@@ -47,6 +62,31 @@ WAITING_TRAIN_CPU_SHARES = 16     # the waiting launcher: still ~1/64 of a runni
 RUNNING_CPU_SHARES = 1024         # the engine's default weight, given at the hand-over
 STANDBY_MAX_S = 7200              # the longest a started container waits for its input (its own backstop)
 
+SECCOMP_FILE = Path(__file__).with_name("seccomp.json")
+# What the profile refuses on top of the default, by why (each name is in seccomp.json's EPERM rule, none in an
+# allow rule: tests/adversarial/test_kernel.py checks both, and probes each call in a real trial container)
+SECCOMP_REMOVED = {
+    # io_uring: a second, asynchronous path into most of the kernel, with a long record of privilege escalations
+    "async_io_ring": ["io_uring_setup", "io_uring_enter", "io_uring_register"],
+    # reading, writing or steering another process (same uid: the container's init, the launcher's threads)
+    "other_processes": ["ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "process_mrelease",
+                        "kcmp", "pidfd_getfd"],
+    "keyrings": ["keyctl", "add_key", "request_key"],             # kernel keyrings are not namespaced
+    # page-fault handling, secret and remapped memory, pipe page gifting: exploit primitives, not training needs
+    "memory_tricks": ["userfaultfd", "memfd_secret", "remap_file_pages", "vmsplice", "modify_ldt"],
+    "kernel_instrumentation": ["perf_event_open", "bpf", "syslog", "lookup_dcookie", "fanotify_init",
+                               "fanotify_mark"],
+    "mounts": ["mount", "umount", "umount2", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree",
+               "mount_setattr", "pivot_root", "chroot"],
+    "namespaces": ["unshare", "setns"],                           # clone's namespace flags are refused by its rule
+    "kernel_and_machine": ["kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+                           "swapon", "swapoff", "acct", "quotactl", "quotactl_fd", "iopl", "ioperm", "vhangup"],
+    # file handles bypass path permission checks (open_by_handle_at is the "shocker" container escape)
+    "file_handles": ["name_to_handle_at", "open_by_handle_at"],
+    "host_identity_and_time": ["sethostname", "setdomainname", "adjtimex", "clock_adjtime", "clock_adjtime64",
+                               "settimeofday", "stime", "clock_settime", "clock_settime64"],
+}
+
 TRAIN_DIR = "/work"
 MODEL_DIR = "/in"
 MODEL_IN = f"{MODEL_DIR}/model.pt2"
@@ -62,6 +102,12 @@ def name(run_tag: str, trial_id: str, role: str) -> str:
     """A readable, engine-safe container/volume name: autoresearch-<run>-<trial>-<role>."""
     raw = f"autoresearch-{run_tag}-{trial_id}-{role}"
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)[:200]
+
+
+@functools.lru_cache(maxsize=1)
+def seccomp_profile() -> str:
+    """The project's seccomp profile as the engine takes it (`security_opt: seccomp=<JSON text>`), compact."""
+    return json.dumps(json.loads(SECCOMP_FILE.read_text()), separators=(",", ":"))
 
 
 def threads(policy) -> int:
@@ -92,7 +138,7 @@ def hardening(policy, *, image: str, name: str, labels: dict[str, str]) -> dict:
         "ipc_mode": "private",
         "shm_size": f"{lim.shm_mb}m",
         "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
+        "security_opt": ["no-new-privileges", f"seccomp={seccomp_profile()}"],
         "privileged": False,
         "user": f"{lim.uid}:{lim.uid}",
         "pids_limit": lim.pids,
@@ -183,7 +229,7 @@ def train(policy, *, image: str, name: str, labels: dict[str, str], train_dir: P
 
 
 def eval_command(policy) -> list[str]:
-    wait = STANDBY_MAX_S + policy.train.timeout_seconds + policy.eval.timeout_seconds   # a backstop only
+    wait = STANDBY_MAX_S + policy.train.deadline_seconds + policy.eval.timeout_seconds   # a backstop only
     return ["python", "-m", "trainer.evaluate", "--model", MODEL_IN, "--data", DATA, "--preset", policy.preset,
             "--out", f"{OUT}/result.json", "--device", "cuda" if policy.wants_gpu else "cpu",
             "--wait-for-model", f"{wait:g}"]

@@ -14,9 +14,10 @@ trial image; not the agent's to edit (it is not part of the candidate and is nev
    to the start of the next trial; it is not done either.)
 2. Wait up to S seconds for the host to hand over the candidate: it renames /work/trial.json (the trial's seed)
    and then /work/train.py into the read-only /work directory. Exit 3 with one line if it never comes.
-3. Run /work/train.py as __main__, as `python /work/train.py` would (sys.argv, sys.path[0], __file__), with the
-   seed in AUTORESEARCH_SEED. The exit status is the one Python would give: 0, sys.exit's code, or 1 after the
-   traceback of an uncaught exception.
+3. Say so on stderr (RUNNING_LINE: the host tells by its absence that an exit 3 was the hand-over's failure, not
+   train.py's own), then run /work/train.py as __main__, as `python /work/train.py` would (sys.argv, sys.path[0],
+   __file__), with the seed in AUTORESEARCH_SEED. The exit status is the one Python would give: 0, sys.exit's
+   code, or 1 after the traceback of an uncaught exception.
 4. End the process with os._exit, after atexit handlers have run, non-daemon threads have ended and output is
    flushed. Python's own teardown of ~2,000 modules takes 0.3-0.7 s with torch._dynamo loaded; the runner
    waits for the container's exit before the model can be scored.
@@ -39,6 +40,8 @@ from pathlib import Path
 
 WORK = Path("/work")                               # the host's hand-over directory, read-only here
 NO_CANDIDATE = 3                                   # the exit status when no train.py was handed over in time
+RUNNING_LINE = "launch: running train.py"          # printed just before train.py runs (runner.sandbox.containers
+                                                   # .LAUNCHED_LINE): nothing of the candidate's runs before it
 POLL_S = 0.02
 
 
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"launch: cannot read the trial's seed: {e}", file=sys.stderr)
         return NO_CANDIDATE
+    print(RUNNING_LINE, file=sys.stderr, flush=True)
     return run_script(train_py)
 
 
