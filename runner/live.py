@@ -39,8 +39,11 @@ def _fmt_bpb(x) -> str:
 
 def _counts(summary: RunSummary | None) -> str:
     c = summary.counts if summary else {}
-    failed = sum(v for k, v in c.items() if k not in ("keep", "discard", "rejected"))
-    return f"keep {c.get('keep', 0)}  discard {c.get('discard', 0)}  crash {failed}  rejected {c.get('rejected', 0)}"
+    failures = {k: v for k, v in sorted(c.items()) if k not in ("keep", "discard", "rejected") and v}
+    failed = f"failed {sum(failures.values())}"
+    if failures and set(failures) != {"crash"}:      # infra and over_budget are not the candidate's crash
+        failed += " (" + ", ".join(f"{k} {v}" for k, v in failures.items()) + ")"
+    return f"keep {c.get('keep', 0)}  discard {c.get('discard', 0)}  {failed}  rejected {c.get('rejected', 0)}"
 
 
 def _line(rec: TrialRecord) -> str:

@@ -1,5 +1,6 @@
 """The live view: picks step/loss/remaining time out of progress lines, shows trial, phase, best and counts."""
 import io
+from pathlib import Path
 
 from rich.console import Console
 
@@ -35,7 +36,7 @@ def test_the_live_view_shows_the_current_state():
     shown = panel.getvalue()
     assert "trial" in shown and "2 (candidate)" in shown and "training seed 1337" in shown
     assert "step 7  loss 2.5000  remaining 4.0 s" in shown
-    assert "0.950000  (baseline 1.000000)" in shown and "keep 2  discard 1  crash 1" in shown
+    assert "0.950000  (baseline 1.000000)" in shown and "keep 2  discard 1  failed 1  rejected" in shown
     assert "trial   1 keep          0.950000 (-0.050000)  LR 0.04 -> 0.06" in out.getvalue()
 
 
@@ -46,3 +47,12 @@ def test_the_plain_view_prints_one_line_per_trial():
                         summary(keep=1, crash=1))
     line = out.getvalue().strip()
     assert line.startswith("trial   3 crash") and "train.py exited with 1" in line and "best 0.950000" in line
+
+
+def test_the_counts_name_engine_failures_and_overruns_instead_of_calling_them_crashes():
+    from runner.live import _counts
+    from runner.loop import RunSummary
+    summary = RunSummary(tag="t", run_dir=Path("."), counts={"keep": 1, "crash": 1, "infra": 3, "over_budget": 1})
+    assert _counts(summary) == "keep 1  discard 0  failed 5 (crash 1, infra 3, over_budget 1)  rejected 0"
+    assert _counts(RunSummary(tag="t", run_dir=Path("."), counts={"crash": 2})) == \
+        "keep 0  discard 0  failed 2  rejected 0"
