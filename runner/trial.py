@@ -142,6 +142,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         tail = containers.log_tail(slot.train, 400)
         out.train_summary = parse_summary(tail.splitlines())
         out.log_tail = _tail(tail)
+        why_tail = "\n".join(line for line in containers.log_tail(slot.train, 100, stdout=False).splitlines()
+                             if line.strip() != containers.LAUNCHED_LINE).strip() or tail   # a traceback ends it
         export_error = ""
         if t_exit.exit_code == classify.EXPORT_FAILED:
             try:
@@ -153,9 +155,9 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                                               allowance_s=policy.train.allowance_seconds,
                                               cpu_allowance_s=policy.train.cpu_allowance_seconds)
         verdict = verdict or classify.train_verdict(t_exit, deadline_s=policy.train.deadline_seconds,
-                                                    memory=policy.limits.memory, log_tail=tail,
+                                                    memory=policy.limits.memory, log_tail=why_tail,
                                                     export_error=export_error)
-        verdict = (classify.launch_verdict(t_exit, launched=bool(pump and pump.launched_at), log_tail=tail)
+        verdict = (classify.launch_verdict(t_exit, launched=bool(pump and pump.launched_at), log_tail=why_tail)
                    or _from_outside(slot, "train", t_exit, verdict))
         if verdict is not None:
             return _finish(out, verdict.status, verdict.error, t0)

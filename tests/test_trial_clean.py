@@ -85,3 +85,21 @@ def test_a_train_step_that_prints_or_writes_a_fake_score_does_not_change_the_rep
     assert out.val_bpb != pytest.approx(0.0001)                     # ... and changed nothing
     assert out.val_bpb == pytest.approx(direct_bpb, rel=1e-6, abs=1e-6)
     assert not any("bpb" in k for k in out.train_summary)
+
+
+CHATTY_CRASH = """
+import sys
+for i in range(300):
+    print(f"progress line {i}", flush=True)
+raise RuntimeError("the real reason")
+"""
+
+
+def test_a_crash_is_named_by_its_exception_though_its_output_and_traceback_interleave(tmp_path, trial_image,
+                                                                                       sandbox_data):
+    # the engine merges stdout and stderr in no fixed order; the reason comes from stderr in its own order
+    out, _ = trial(tmp_path, trial_image.tag, candidate(tmp_path, CHATTY_CRASH), sandbox_data, policy(**POLICY))
+    assert out.status == "crash" and out.error.endswith(": RuntimeError: the real reason"), out.error
+    quiet, _ = trial(tmp_path, trial_image.tag, candidate(tmp_path / "q", "print('last words')\nraise SystemExit(4)\n"),
+                     sandbox_data, policy(**POLICY))
+    assert quiet.status == "crash" and quiet.error == "train.py exited with code 4: last words", quiet.error

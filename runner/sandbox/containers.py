@@ -249,10 +249,12 @@ def engine_events(container, since: float, until: float | None = None) -> list[d
     return out
 
 
-def log_tail(container, lines: int = 100, max_chars: int = 20_000) -> str:
-    """The last lines the engine kept (its json-file log is capped), bounded, decoded leniently."""
+def log_tail(container, lines: int = 100, max_chars: int = 20_000, *, stdout: bool = True) -> str:
+    """The last lines the engine kept (its json-file log is capped), bounded, decoded leniently. stdout=False: the
+    stderr stream alone, in its own order (the engine merges the two streams in no fixed order, so a line printed
+    before a crash can land after its traceback in the merged log)."""
     try:
-        raw = container.logs(stdout=True, stderr=True, tail=lines)
+        raw = container.logs(stdout=stdout, stderr=True, tail=lines)
     except Exception:  # noqa: BLE001 - a missing log is not worth failing the trial over
         return ""
     text = raw.decode("utf-8", "replace")
