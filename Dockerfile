@@ -45,7 +45,7 @@ COPY --from=deps /opt/venv /opt/venv
 COPY trainer/ /app/trainer/
 RUN set -eu; \
     rm -rf /app/trainer/train.py /app/trainer/direct.py /app/trainer/prepare; \
-    PYTHONPATH=/app /opt/venv/bin/python -m trainer.program --write-warm-up /app/trainer/warm_up.pt2; \
+    PYTHONPATH=/app /opt/venv/bin/python -m trainer.safe_pt2 --write-warm-up /app/trainer/warm_up.pt2; \
     chmod -R a+rX,go-w /app; \
     /opt/venv/bin/python -m compileall -q /app/trainer
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -5,7 +5,7 @@
 #   2. a running daemon: start dockerd when none answers, and wait for it
 #   3. the air-gapped base image (debootstrap + docker import; images/build-base.sh) when its tag is missing
 #   4. the wheelhouse (pip download; images/build-wheelhouse.sh), then the trial image when its content-hash
-#      tag is missing (python -m runner.images build --airgapped)
+#      tag is missing (python -m runner.sandbox.images build --airgapped)
 # Environment: FLAVOURS (default "cpu"; "cpu cuda" also builds the CUDA image, about 3.5 GB of wheels),
 # AUTORESEARCH_REGISTRY_BASE=1 builds on python:3.11-slim from a registry instead of the local base.
 set -euo pipefail
@@ -50,17 +50,17 @@ fi
 for flavour in $FLAVOURS; do
   if [[ "${AUTORESEARCH_REGISTRY_BASE:-0}" == 1 ]]; then
     say "trial image ($flavour) on python:3.11-slim from a registry"
-    tag=$($PY -m runner.images build --flavour "$flavour" --registry)
+    tag=$($PY -m runner.sandbox.images build --flavour "$flavour" --registry)
   else
     if [[ "$flavour" == cuda ]]; then images/build-base.sh --with-cc; else images/build-base.sh; fi
     images/build-wheelhouse.sh "$flavour"
-    tag=$($PY -m runner.images tag --flavour "$flavour" --airgapped)
+    tag=$($PY -m runner.sandbox.images tag --flavour "$flavour" --airgapped)
     if docker image inspect "$tag" >/dev/null 2>&1; then
       say "trial image $tag exists; reusing it"
     else
       say "building trial image $tag (air-gapped: local base + wheelhouse)"
       start=$(date +%s)
-      tag=$($PY -m runner.images build --flavour "$flavour" --airgapped --quiet)
+      tag=$($PY -m runner.sandbox.images build --flavour "$flavour" --airgapped --quiet)
       say "built $tag in $(( $(date +%s) - start )) s"
     fi
   fi

@@ -32,13 +32,15 @@ sys.path.insert(0, str(REPO))
 
 from bench_data import prepare_synthetic  # noqa: E402
 from next_slot_timing import TimedStandby  # noqa: E402
-from runner import images  # noqa: E402
+from runner.executor import make  # noqa: E402
 from runner.errors import AutoresearchError  # noqa: E402
 from runner.ledger import Ledger, TrialRecord  # noqa: E402
 from runner.live import PlainView  # noqa: E402
-from runner.loop import Run, RunConfig  # noqa: E402
+from runner.loop import Loop  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
-from runner.sandbox import slot as slot_module  # noqa: E402
+from runner.runs import RunConfig  # noqa: E402
+from runner.sandbox import images  # noqa: E402 - builds the image the run pins
+from runner.sandbox.executor import DockerExecutor  # noqa: E402
 from runner.sandbox.preflight import connect  # noqa: E402
 from runner.workspace import init_repo  # noqa: E402
 from trainer.shards import DataError  # noqa: E402
@@ -101,23 +103,34 @@ def next_slot_mode(trial: int, how: str) -> str:
 
 class SlotTimingView(PlainView):
     """PlainView that starts the next trial's slot at the first training step of the trials whose mode says so
-    (the run's TimedStandby then ignores their export line)."""
+    (the executor's TimedStandby then ignores their export line)."""
 
     def __init__(self, stream, how: str):
         super().__init__(stream)
-        self.how, self.run, self.trial, self.started = how, None, 0, False
+        self.how, self.executor, self.trial, self.started = how, None, 0, False
         self.client = connect()
 
     def trial_started(self, trial_id: int, kind: str) -> None:
         super().trial_started(trial_id, kind)
         self.trial, self.started = trial_id, False
-        self.run.standby.auto = next_slot_mode(trial_id, self.how) == "export"
+        self.executor.standby.auto = next_slot_mode(trial_id, self.how) == "export"
 
     def line(self, text: str) -> None:
         if not self.started and text.startswith("step="):
             self.started = True
             if next_slot_mode(self.trial, self.how) == "training":
-                self.run.standby.start_now(self.client)
+                self.executor.standby.start_now(self.client)
+
+
+class TimedExecutor(DockerExecutor):
+    """The Docker executor with a TimedStandby: SlotTimingView starts the next slot where its mode says."""
+
+    def start(self, policy, *, image, data_dir, run_tag, work_dir) -> None:
+        super().start(policy, image=image, data_dir=data_dir, run_tag=run_tag, work_dir=work_dir)
+        name, pol, standby = self._slots[0]
+        standby.close()
+        self._slots[0] = (name, pol, TimedStandby(pol, image=image, data_dir=data_dir, run_tag=run_tag,
+                                                  base_dir=work_dir))
 
 
 def by_mode(records: list[TrialRecord], how: str) -> str:
@@ -168,12 +181,10 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         try:
             view = PlainView(sys.stderr) if args.next_slot == "export" else SlotTimingView(sys.stderr, args.next_slot)
-            if args.next_slot != "export":
-                slot_module.Standby = TimedStandby         # the run's Standby; the view decides when it starts
-            run = Run(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
-                                image=img.tag), events=view)
-            view.run = run
-            summary = run.run()
+            executor = make() if args.next_slot == "export" else TimedExecutor()   # the view decides when
+            view.executor = executor
+            summary = Loop(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
+                                     image=img.tag), executor=executor, events=view).run()
         except (AutoresearchError, DataError) as e:
             print(f"loop_duty_cycle: {' '.join(str(e).split())}", file=sys.stderr)
             return 1

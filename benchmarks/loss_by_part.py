@@ -30,7 +30,7 @@ from trainer.bpb import token_nll  # noqa: E402
 from trainer.evaluate import load_preset  # noqa: E402
 from trainer.prepare import synthetic  # noqa: E402
 from trainer.prepare.tokenizer import load_encoding  # noqa: E402
-from trainer.program import load_program  # noqa: E402
+from trainer.safe_pt2 import load_program  # noqa: E402
 
 
 class _Tagger(synthetic.Sampler):

@@ -1,5 +1,5 @@
 """Benchmark: what starting the next trial's slot costs the training, by when it starts. An interleaved A/B/C of
-the same sandboxed trial (runner.trial.run_trial, one run's Standby), each round in a new order:
+the same sandboxed trial (runner.sandbox.trial.run_trial, one run's Standby), each round in a new order:
 
     export    the next slot starts at the harness's export line (what a run does now)
     training  the next slot starts at the first training step (what a run did before: beside the training)
@@ -27,11 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_data import prepare_synthetic  # noqa: E402
-from runner import images  # noqa: E402
+from runner.executor import TrialSpec  # noqa: E402
+from runner.sandbox import images  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
 from runner.sandbox.preflight import connect  # noqa: E402
 from runner.sandbox.slot import Standby  # noqa: E402
-from runner.trial import TrialSpec, run_trial  # noqa: E402
+from runner.sandbox.trial import run_trial  # noqa: E402
 
 MODES = ("export", "training", "none")
 SETTLE_S = 8          # after a slot is started ahead: its containers finish their imports on the idle machine
@@ -71,7 +72,7 @@ def one(mode: str, n: int, standby: TimedStandby, client, pol, data: Path, image
     cand.mkdir()
     shutil.copy(REPO / "trainer" / "train.py", cand / "train.py")
     spec = TrialSpec(run_tag=standby.run_tag, trial_id=str(n), candidate_dir=cand, data_dir=data, policy=pol,
-                     image=image, seed=seed, work_dir=tmp / f"trial-{n}", standby=standby)
+                     image=image, seed=seed, work_dir=tmp / f"trial-{n}")
     standby.auto = mode == "export"
     marks: dict[str, float] = {}
 
@@ -80,7 +81,7 @@ def one(mode: str, n: int, standby: TimedStandby, client, pol, data: Path, image
             marks["first_step"] = time.monotonic()
             if mode == "training":
                 standby.start_now(client)
-    out = run_trial(spec, on_line)
+    out = run_trial(spec, on_line, standby=standby)
     standby.auto = True
     if out.status != "ok" or not out.timings.get("slot_prestarted"):
         raise SystemExit(f"trial {n} ({mode}): {out.status}, slot_prestarted {out.timings.get('slot_prestarted')}: "

@@ -1,5 +1,5 @@
 """Benchmark: what the sandbox costs. The same train.py, preset, seed and budget run directly on the host
-(trainer.direct, unsandboxed) and as a sandboxed trial (runner.trial.run_trial), side by side in one run; plus
+(trainer.direct, unsandboxed) and as a sandboxed trial (runner.executor.make: the Docker executor), side by side in one run; plus
 the trial image's build time (cold and cached) and sizes. Prints a markdown table.
 
     python benchmarks/sandbox_overhead.py [--budget 60] [--preset tiny] [--data DIR] [--no-build]
@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_data import prepare_synthetic  # noqa: E402
-from runner import images  # noqa: E402
+from runner.executor import TrialSpec, make  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
 from runner.sandbox.preflight import connect  # noqa: E402
-from runner.trial import TrialSpec, run_trial  # noqa: E402
+from runner.sandbox import images  # noqa: E402 - builds the image
 
 BENCH_TAG = "autoresearch-bench:cold"
 
@@ -69,7 +69,7 @@ def sandboxed(data: Path, preset: str, budget: float, seed: int, image: str, wor
     spec = TrialSpec(run_tag=f"bench-{os.getpid()}", trial_id="1", candidate_dir=cand, data_dir=data, policy=pol,
                      image=image, seed=seed, work_dir=work / "trial")
     t0 = time.monotonic()
-    out = run_trial(spec)
+    out = make().run(spec)
     total = time.monotonic() - t0
     if out.status != "ok":
         raise SystemExit(f"the sandboxed trial failed: {out.status}: {out.error}\n{out.log_tail}")

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_data import prepare_synthetic  # noqa: E402
-from runner import images  # noqa: E402
+from runner.sandbox import images  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
 from runner.sandbox.preflight import connect  # noqa: E402
 from runner.sandbox.slot import open_slot  # noqa: E402

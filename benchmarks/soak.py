@@ -32,10 +32,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_data import prepare_synthetic  # noqa: E402
-from runner import images  # noqa: E402
+from runner.sandbox import images  # noqa: E402
 from runner.ledger import Ledger, TrialRecord  # noqa: E402
-from runner.loop import Events, Run, RunConfig  # noqa: E402
+from runner.loop import Loop  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
+from runner.runs import Events, RunConfig  # noqa: E402
 from runner.proposers.base import Proposal  # noqa: E402
 from runner.proposers.mutate import MutateProposer  # noqa: E402
 from runner.sandbox.cleanup import leftovers  # noqa: E402
@@ -178,8 +179,8 @@ def main(argv=None) -> int:
     checks = Checks(client, tag, repo / "runs" / tag, args.every, since)
     start = checks.measure(0)
     start["trials"] = "start"
-    summary = Run(RunConfig(repo=repo, tag=tag, data_dir=data, policy=policy_for(args), max_trials=args.trials,
-                            image=image), proposer=proposer, events=checks).run()
+    summary = Loop(RunConfig(repo=repo, tag=tag, data_dir=data, policy=policy_for(args), max_trials=args.trials,
+                             image=image), proposer=proposer, events=checks).run()
     deadline = time.monotonic() + END_GRACE_S          # the engine may still be finishing the last removal
     while (end := checks.measure(args.trials))["containers"] + end["volumes"] and time.monotonic() < deadline:
         time.sleep(1)

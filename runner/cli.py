@@ -87,8 +87,8 @@ def cmd_init(args) -> int:
     train = resources.files("trainer").joinpath("train.py").read_text()
     program = resources.files("runner").joinpath("program.md").read_text()
     commit = init_repo(args.dir, {"train.py": train, "program.md": program, ".gitignore": "runs/\n"})
-    print(f"created experiment repository {args.dir} at {commit[:12]}: edit program.md, then "
-          f"`cd {args.dir} && autoresearch run`")
+    print(f"created experiment repository {args.dir} at {commit[:12]}: edit program.md and commit it "
+          f"(a run trains the committed files), then `cd {args.dir} && autoresearch run`")
     return 0
 
 
@@ -99,7 +99,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .images import build
+    from .sandbox.images import build
     flavour = args.flavour or _policy(args).flavour
     img = build(flavour, args.airgapped, on_progress=None if args.quiet else (lambda line: print(line, flush=True)))
     print(f"{img.tag} {img.id}")
@@ -109,7 +109,8 @@ def cmd_build(args) -> int:
 def _run(args, max_trials, resume) -> int:
     from .live import LiveView, PlainView
     from .decision import noop_warning
-    from .loop import Run, RunConfig, run_dir_of
+    from .loop import Loop
+    from .runs import RunConfig, run_dir_of
     from .report import run_policy, write
     policy = _policy(args, required=not resume)
     tag = args.tag or (_tag(args) if resume else time.strftime("%b%d-%H%M").lower())
@@ -119,10 +120,11 @@ def _run(args, max_trials, resume) -> int:
     data = args.data or (None if resume else _default_data())
     cfg = RunConfig(repo=Path(args.repo), tag=tag, data_dir=data, policy=policy,
                     proposer=getattr(args, "proposer", None), max_trials=max_trials,
-                    hours=getattr(args, "hours", None), resume=resume, image=args.image)
+                    hours=getattr(args, "hours", None), resume=resume, image=args.image,
+                    commit_changes=args.commit_changes)
     live = sys.stdout.isatty() and not args.plain
     view = LiveView() if live else PlainView()
-    runner = Run(cfg, events=view)
+    runner = Loop(cfg, events=view)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops like Ctrl-C: the trial's containers are removed
     try:
         if live:
@@ -157,7 +159,8 @@ def cmd_baseline(args) -> int:
 
 def cmd_status(args) -> int:
     from .ledger import Ledger
-    from .loop import existing_run_dir, run_dir_of, summarize
+    from .ledger import summarize
+    from .runs import existing_run_dir, run_dir_of
     if not args.tag:
         runs = _runs(args.repo)
         if not runs:
@@ -176,14 +179,15 @@ def cmd_status(args) -> int:
     print(f"run {args.tag}: {s.trials} trials, best {fmt(s.best_bpb)} at {s.best_commit[:12] or '-'}, "
           f"baseline {fmt(s.baseline_bpb)}; {_counts(s.counts)}")
     for r in recs[-args.last:]:
+        slot = f"  [slot {one_line(r.slot)}]" if r.slot else ""
         print(f"  {r.trial:>4}  {r.status:<13} {fmt(r.val_bpb)}  {(r.commit or '-')[:7]}  "
-              f"{one_line(r.description)}")
+              f"{one_line(r.description)}{slot}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .loop import existing_run_dir
     from .report import write
+    from .runs import existing_run_dir
     tag = _tag(args)
     run_dir = existing_run_dir(Path(args.repo), tag)
     if not (run_dir / "trials.jsonl").exists():
@@ -197,7 +201,8 @@ def cmd_reproduce(args) -> int:
     from .live import PlainView
     from .reproduce import reproduce
     tag = _tag(args)
-    rec, outcome, policy = reproduce(Path(args.repo), tag, args.trial, events=PlainView() if args.verbose else None)
+    rec, outcome, policy = reproduce(Path(args.repo), tag, args.trial,
+                                     on_line=PlainView().line if args.verbose else None)
     fmt = lambda x: f"{x:.6f}" if x is not None else "-"  # noqa: E731
     diff = (f"{outcome.val_bpb - rec.val_bpb:+.6f}" if outcome.val_bpb is not None and rec.val_bpb is not None
             else "-")
@@ -266,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "~/.cache/autoresearch/data)")
         p.add_argument("--image", help="trial image tag (default: the policy's, else the one `build` made)")
         p.add_argument("--plain", action="store_true", help="plain line output instead of the live view")
+        p.add_argument("--commit-changes", action="store_true",
+                       help="commit uncommitted edits of train.py and program.md before a new run starts "
+                            "(without it, such edits stop the run with an error)")
 
     p = add("baseline", cmd_baseline, "run the unchanged train.py only (continue with `run --tag T --resume`)")
     run_args(p)

@@ -8,9 +8,8 @@ Rules (from the policy's `decision` section):
 - with `confirm_wins`, an apparent win is re-run with another seed first, and kept only if that run beats the best
   by more than the threshold as well.
 Candidates all train with the run's seed, so the main comparison is paired: same data order, different code.
-The bar is the baseline run with that seed, not the mean of the repeats: the wall-clock budget makes one seed land
-somewhat differently each time, but measured side by side the seed moves val_bpb more (cpu preset, 60 s: std 0.0035
-over 4 runs of one seed, 0.0078 over 4 seeds; docs/benchmarks.md, "Seed noise"), and pairing cancels that part.
+The bar is the baseline run with that seed, not the mean of the repeats: the seed moves val_bpb more than the
+wall-clock budget's run-to-run spread does, and pairing cancels the seed's part (docs/benchmarks.md, "Seed noise").
 A trial that did not end `ok` is never kept; its own status (crash, over_budget, ...) is its verdict.
 
 A policy with no bar at all (min_delta 0 and no noise estimate) keeps a change that does nothing whenever the
@@ -26,15 +25,23 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from .policy import Decision
+from .policy import DecisionRules
 
 CONFIRM_SEED_OFFSET = 10_000   # a confirmation of trial N uses seed + CONFIRM_SEED_OFFSET + N
 EPS = 1e-12                    # float rounding: a gain equal to the threshold in decimal is not "more"
 
+KEEP = "keep"                  # the candidate becomes the new best (a baseline run is recorded as kept)
+DISCARD = "discard"            # scored, but not better than the best by more than the threshold
+CONFIRM = "confirm"            # an apparent win, re-run with another seed first (an action, not a ledger status)
+REJECTED = "rejected"          # refused before any container: the patch policy, or a proposer's unusable reply
+# the ledger statuses the runner decides; every other ledger status is a trial's failure (crash, oom, ...)
+STALE = "stale"                # beat the bar, but its change does not apply onto the newer best (trials in flight)
+DECISION_STATUSES = (KEEP, DISCARD, REJECTED, STALE)
+
 
 @dataclass
 class Verdict:
-    action: str        # keep | discard | confirm
+    action: str        # KEEP | DISCARD | CONFIRM
     reason: str        # one line for the ledger
     threshold: float
 
@@ -45,7 +52,7 @@ def noise_std(bpbs: list[float]) -> float | None:
     return statistics.stdev(vals) if len(vals) >= 2 else None
 
 
-def threshold(rules: Decision, std: float | None) -> float:
+def threshold(rules: DecisionRules, std: float | None) -> float:
     return max(rules.min_delta, rules.noise_sigmas * std if std else 0.0)
 
 
@@ -80,27 +87,27 @@ def confirm_seed(seed: int, trial_id: int) -> int:
     return seed + CONFIRM_SEED_OFFSET + trial_id
 
 
-def judge(val_bpb: float, best: float, thresh: float, rules: Decision) -> Verdict:
+def judge(val_bpb: float, best: float, thresh: float, rules: DecisionRules) -> Verdict:
     """The verdict on an `ok` trial: keep, discard, or (with confirm_wins) confirm first."""
     gain = best - val_bpb
     if not math.isfinite(val_bpb) or not gain > thresh + EPS:
         what = "no gain" if gain <= 0 else f"gain {gain:.6f} within the threshold {thresh:.6f}"
-        return Verdict("discard", f"{val_bpb:.6f} vs best {best:.6f}: {what}", thresh)
+        return Verdict(DISCARD, f"{val_bpb:.6f} vs best {best:.6f}: {what}", thresh)
     if rules.confirm_wins:
-        return Verdict("confirm", f"{val_bpb:.6f} beats {best:.6f} by {gain:.6f}; confirming with another seed",
+        return Verdict(CONFIRM, f"{val_bpb:.6f} beats {best:.6f} by {gain:.6f}; confirming with another seed",
                        thresh)
-    return Verdict("keep", f"{val_bpb:.6f} beats {best:.6f} by {gain:.6f} (> {thresh:.6f})", thresh)
+    return Verdict(KEEP, f"{val_bpb:.6f} beats {best:.6f} by {gain:.6f} (> {thresh:.6f})", thresh)
 
 
 def judge_confirmation(first: float, confirm_status: str, confirm_bpb: float | None, best: float,
                        thresh: float) -> Verdict:
     """Keep an apparent win only if its confirmation run (another seed) also beats best by more than thresh."""
     if confirm_status != "ok" or confirm_bpb is None:
-        return Verdict("discard", f"{first:.6f} looked better but the confirmation run ended {confirm_status}",
+        return Verdict(DISCARD, f"{first:.6f} looked better but the confirmation run ended {confirm_status}",
                        thresh)
     gain = best - confirm_bpb
     if gain > thresh + EPS:
-        return Verdict("keep", f"{first:.6f} and confirmation {confirm_bpb:.6f} both beat {best:.6f} "
-                               f"by more than {thresh:.6f}", thresh)
-    return Verdict("discard", f"{first:.6f} beat {best:.6f} but the confirmation gave {confirm_bpb:.6f} "
-                              f"(gain {gain:.6f}, needed > {thresh:.6f}): noise", thresh)
+        return Verdict(KEEP, f"{first:.6f} and confirmation {confirm_bpb:.6f} both beat {best:.6f} "
+                             f"by more than {thresh:.6f}", thresh)
+    return Verdict(DISCARD, f"{first:.6f} beat {best:.6f} but the confirmation gave {confirm_bpb:.6f} "
+                            f"(gain {gain:.6f}, needed > {thresh:.6f}): noise", thresh)

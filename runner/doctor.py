@@ -13,36 +13,36 @@ from trainer.shards import DataError, verify
 
 from .errors import AutoresearchError
 from .policy import Policy
-from .sandbox.preflight import Check
+from .sandbox.preflight import PreflightCheck
 
 ENDPOINT_TIMEOUT_S = 5.0
 
 
-def check_repo(repo: Path, policy: Policy) -> Check:
+def check_repo(repo: Path, policy: Policy) -> PreflightCheck:
     from .workspace import Workspace
     try:
         ws = Workspace(repo)
         head = ws.head_commit()
         tree = ws.tree(head)
     except AutoresearchError as e:
-        return Check("repo", False, str(e), f"create one with `autoresearch init {repo}`")
+        return PreflightCheck("repo", False, str(e), f"create one with `autoresearch init {repo}`")
     missing = [p for p in policy.patch.allowed_files if p not in tree]
     if len(missing) == len(policy.patch.allowed_files):
-        return Check("repo", False, f"commit {head[:12]} of {ws.root} has none of {', '.join(missing)}",
+        return PreflightCheck("repo", False, f"commit {head[:12]} of {ws.root} has none of {', '.join(missing)}",
                      "commit train.py (and program.md) to the experiment repository")
     note = "" if "program.md" in tree else " (no program.md: the LLM gets no research instructions)"
-    return Check("repo", True, f"{ws.root} at {head[:12]}{note}")
+    return PreflightCheck("repo", True, f"{ws.root} at {head[:12]}{note}")
 
 
-def check_data(data: Path | None) -> Check:
+def check_data(data: Path | None) -> PreflightCheck:
     if data is None:
-        return Check("data", False, "no data directory given", "pass --data DIR (or set AUTORESEARCH_DATA)")
+        return PreflightCheck("data", False, "no data directory given", "pass --data DIR (or set AUTORESEARCH_DATA)")
     try:
         manifest = verify(data)
     except DataError as e:
-        return Check("data", False, str(e))  # a DataError names its own fix
+        return PreflightCheck("data", False, str(e))  # a DataError names its own fix
     floor = manifest.get("bpb_floor")
-    return Check("data", True, f"{data}: {len(manifest['files'])} files verified ({manifest.get('source')}"
+    return PreflightCheck("data", True, f"{data}: {len(manifest['files'])} files verified ({manifest.get('source')}"
                                + (f", bpb floor {floor:.4f})" if isinstance(floor, (int, float)) else ")")
                                + _older_grammar(data, manifest))
 
@@ -58,7 +58,7 @@ def _older_grammar(data: Path, manifest: dict) -> str:
             f"autoresearch prepare synthetic --out {data} --force)")
 
 
-def check_endpoint(policy: Policy) -> Check:
+def check_endpoint(policy: Policy) -> PreflightCheck:
     """The openai proposer's endpoint answers (a GET of /models with a short timeout)."""
     import openai
 
@@ -68,26 +68,26 @@ def check_endpoint(policy: Policy) -> Check:
     try:
         client = make_client(cfg).with_options(timeout=ENDPOINT_TIMEOUT_S, max_retries=0)
     except UserError as e:
-        return Check("endpoint", False, str(e), f"export {cfg.api_key_env}=... or set proposer.base_url")
+        return PreflightCheck("endpoint", False, str(e), f"export {cfg.api_key_env}=... or set proposer.base_url")
     where = str(client.base_url)
     try:
         models = [m.id for m in client.models.list()]
     except openai.AuthenticationError:
-        return Check("endpoint", False, f"{where} refused the key in ${cfg.api_key_env} (401)",
+        return PreflightCheck("endpoint", False, f"{where} refused the key in ${cfg.api_key_env} (401)",
                      f"export a valid key in {cfg.api_key_env}")
     except openai.APIStatusError as e:
-        return Check("endpoint", True, f"{where} answers (HTTP {e.status_code} on /models; the model list is "
+        return PreflightCheck("endpoint", True, f"{where} answers (HTTP {e.status_code} on /models; the model list is "
                                        "not offered)")
     except openai.APIConnectionError as e:
-        return Check("endpoint", False, f"{where} did not answer: {' '.join(str(e).split())[:120]}",
+        return PreflightCheck("endpoint", False, f"{where} did not answer: {' '.join(str(e).split())[:120]}",
                      "start the server or fix proposer.base_url in the policy")
     if models and cfg.model not in models:
-        return Check("endpoint", False, f"{where} answers but does not serve model {cfg.model!r} "
+        return PreflightCheck("endpoint", False, f"{where} answers but does not serve model {cfg.model!r} "
                                         f"(has: {', '.join(models[:5])})", "set proposer.model in the policy")
-    return Check("endpoint", True, f"{where} answers; model {cfg.model!r}")
+    return PreflightCheck("endpoint", True, f"{where} answers; model {cfg.model!r}")
 
 
-def checks(repo: Path, policy: Policy, data: Path | None, image: str | None, proposer: str) -> list[Check]:
+def checks(repo: Path, policy: Policy, data: Path | None, image: str | None, proposer: str) -> list[PreflightCheck]:
     from .sandbox import preflight
     out = [check_repo(repo, policy)]
     engine = preflight.checks(policy, image or policy.image)
@@ -100,14 +100,14 @@ def checks(repo: Path, policy: Policy, data: Path | None, image: str | None, pro
     return out
 
 
-def _built_image(policy: Policy) -> Check:
+def _built_image(policy: Policy) -> PreflightCheck:
     from .errors import InfraError
-    from .images import find
+    from .sandbox.images import find
     try:
         img = find(policy.flavour)
     except InfraError as e:
-        return Check("image", False, str(e), "check the engine with `docker info`")
+        return PreflightCheck("image", False, str(e), "check the engine with `docker info`")
     if img is None:
-        return Check("image", False, f"no trial image for flavour {policy.flavour} has been built",
+        return PreflightCheck("image", False, f"no trial image for flavour {policy.flavour} has been built",
                      f"run `autoresearch build --flavour {policy.flavour}`")
-    return Check("image", True, f"{img.tag} = {img.id[:19]}")
+    return PreflightCheck("image", True, f"{img.tag} = {img.id[:19]}")

@@ -23,7 +23,7 @@ from .text import one_line
 
 SCHEMA = "autoresearch.trial/1"
 STATUSES = ("keep", "discard", "crash", "timeout", "over_budget", "oom", "export_failed", "violation", "infra",
-            "rejected")
+            "rejected", "stale")
 FAILED = ("crash", "timeout", "over_budget", "oom", "export_failed", "violation", "infra")
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 LOG_TAIL_CHARS = 4000                   # of a failed trial's train log, kept in its record
@@ -38,6 +38,10 @@ class TrialRecord:
     description: str
     run: str = ""
     parent: str | None = None               # the best commit the candidate was built on (None for a baseline)
+    proposed_on: str | None = None          # the best when it was proposed (the parent, unless the best moved before
+                                            # it started and its change was re-applied onto the new best)
+    best_at_decision: str | None = None     # the best commit when it was decided
+    slot: str = ""                          # the executor's slot it trained in
     commit: str | None = None               # the candidate commit (the start commit for a baseline; None if rejected)
     proposer: str = ""
     seed: int | None = None
@@ -63,6 +67,7 @@ class TrialRecord:
     repeats: list = field(default_factory=list)         # baseline: [{seed, status, val_bpb}] of every repeat
     noise_std: float | None = None
     confirm: dict | None = None                         # confirmation re-run: {seed, status, val_bpb, ...}
+    rebased: dict | None = None                         # re-applied onto a newer best and re-run: {commit, ...}
     log_tail: str = ""                                  # the train log's tail when the trial failed
     started_at: float = 0.0                             # unix time
     finished_at: float = 0.0
@@ -96,7 +101,8 @@ def fill(rec: TrialRecord, o) -> None:
     tps, claimed = number(s.get("tokens_per_second")), rec.claimed_training_seconds
     rec.train_tokens = round(tps * claimed) if tps is not None and claimed else None   # claims: informational
     rec.image_digest = o.image_digest
-    rec.trial_timings = dict(o.timings or {})
+    rec.slot = getattr(o, "slot", "") or ""
+    rec.trial_timings = dict(o.timings or {}, **({"attempts": o.attempts} if getattr(o, "attempts", 1) > 1 else {}))
     if o.status != "ok":
         rec.log_tail = (o.log_tail or "")[-LOG_TAIL_CHARS:]
 
@@ -174,6 +180,46 @@ class Ledger:
 
     def write_tsv(self) -> None:
         atomic_write_bytes(self.tsv, results_tsv(self.records()).encode())
+
+
+@dataclass
+class RunSummary:
+    tag: str
+    run_dir: Path
+    start_commit: str = ""
+    best_commit: str = ""
+    best_bpb: float | None = None
+    baseline_bpb: float | None = None
+    counts: dict = field(default_factory=dict)     # status -> number of trials
+    trials: int = 0                                # ledger lines
+    stopped: str = ""                              # why the loop ended
+
+
+def summarize(tag: str, run_dir: Path, records: list[TrialRecord], start: str = "") -> RunSummary:
+    best = best_of(records)
+    base = baseline_of(records)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return RunSummary(tag=tag, run_dir=run_dir, start_commit=start, best_commit=best.commit if best else "",
+                      best_bpb=best.val_bpb if best else None, baseline_bpb=base.val_bpb if base else None,
+                      counts=counts, trials=len(records))
+
+
+def best_of(records: list[TrialRecord]) -> TrialRecord | None:
+    """The best so far: the last kept trial (a keep always beats the best before it)."""
+    kept = [r for r in records if r.status == "keep"]
+    return kept[-1] if kept else None
+
+
+def baseline_of(records: list[TrialRecord]) -> TrialRecord | None:
+    done = [r for r in records if r.kind == "baseline" and r.status == "keep"]
+    return done[-1] if done else None
+
+
+def next_id(records: list[TrialRecord]) -> int:
+    """The next trial id: one past the highest in the ledger (ids are never reused)."""
+    return max((r.trial for r in records), default=-1) + 1
 
 
 def results_tsv(records: list[TrialRecord]) -> str:

@@ -1,15 +1,14 @@
 """The live view of a run: current trial, phase, last step/loss/remaining time, best BPB, counts. TRUSTED CODE.
 
 `LiveView` (rich, for a terminal) and `PlainView` (one line per event, for logs and pipes) implement the loop's
-`Events`. Progress lines from the train container (`step=N loss=X ... remaining_s=S`) are untrusted text: only
-those numbers are picked out, and nothing from them is ever used as a score.
+`Events`. Progress lines from the train container (`step=N loss=X ... remaining_s=S`, trainer.contract) are
+untrusted text: only those numbers are picked out, and nothing from them is ever used as a score.
 
 Every string that comes from a candidate or an LLM (progress values, descriptions, reasons) is shown through
 runner.text.one_line (control and format characters escaped) and, in rich, as a Text object, never as markup.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 
@@ -18,19 +17,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from trainer.contract import parse_step_line as parse_progress   # the progress line's one parser
+
 from .ledger import TrialRecord
-from .loop import Events, RunSummary
+from .ledger import RunSummary
+from .runs import Events
 from .text import one_line
 
-PAIR = re.compile(r"(\w+)=(\S+)")
-MAX_FIELD = 32
 
-
-def parse_progress(line: str) -> dict[str, str]:
-    """The key=value pairs of a `step=N loss=X ...` line ({} for any other line)."""
-    if not line.lstrip().startswith("step="):
-        return {}
-    return {k: v[:MAX_FIELD] for k, v in PAIR.findall(line[:1000])}
+RUN_PHASES = ("proposing", "resume")      # phases of the run, not of one trial
 
 
 def _fmt_bpb(x) -> str:
@@ -39,11 +34,12 @@ def _fmt_bpb(x) -> str:
 
 def _counts(summary: RunSummary | None) -> str:
     c = summary.counts if summary else {}
-    failures = {k: v for k, v in sorted(c.items()) if k not in ("keep", "discard", "rejected") and v}
+    failures = {k: v for k, v in sorted(c.items()) if k not in ("keep", "discard", "rejected", "stale") and v}
     failed = f"failed {sum(failures.values())}"
     if failures and set(failures) != {"crash"}:      # infra and over_budget are not the candidate's crash
         failed += " (" + ", ".join(f"{k} {v}" for k, v in failures.items()) + ")"
-    return f"keep {c.get('keep', 0)}  discard {c.get('discard', 0)}  {failed}  rejected {c.get('rejected', 0)}"
+    stale = f"  stale {c['stale']}" if c.get("stale") else ""
+    return f"keep {c.get('keep', 0)}  discard {c.get('discard', 0)}  {failed}  rejected {c.get('rejected', 0)}{stale}"
 
 
 def _line(rec: TrialRecord) -> str:
@@ -56,19 +52,16 @@ def _line(rec: TrialRecord) -> str:
 
 
 class LiveView(Events):
-    """A rich Live panel, refreshed on every event; finished trials are printed above it."""
+    """A rich Live panel, refreshed on every event and twice a second; finished trials are printed above it. One
+    row group per trial in flight (several with several slots)."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
         self.tag = ""
-        self.trial: int | None = None
-        self.kind = ""
-        self.phase_name = ""
-        self.detail = ""
-        self.progress: dict[str, str] = {}
+        self.flight: dict[int, dict] = {}         # trial id -> {kind, phase, detail, progress, t0}
+        self.run_phase = ""                       # what is not one trial's: proposing, resume
         self.summary: RunSummary | None = None
-        self.t_trial = time.monotonic()
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=2, transient=True)
 
     def __enter__(self):
         self.live.start()
@@ -82,13 +75,15 @@ class LiveView(Events):
         t.add_column(style="bold")
         t.add_column()
         t.add_row("run", Text(one_line(self.tag or "-")))
-        if self.trial is not None:
-            t.add_row("trial", f"{self.trial} ({self.kind})  {time.monotonic() - self.t_trial:.0f} s")
-        t.add_row("phase", Text(one_line(f"{self.phase_name} {self.detail}".strip() or "-")))
-        p = {k: one_line(v) for k, v in self.progress.items()}
-        if p:
-            t.add_row("training", Text(f"step {p.get('step', '?')}  loss {p.get('loss', '?')}  "
-                                       f"remaining {p.get('remaining_s', '?')} s"))
+        for n, f in sorted(dict(self.flight).items()):
+            t.add_row("trial", f"{n} ({f['kind']})  {time.monotonic() - f['t0']:.0f} s")
+            t.add_row("phase", Text(one_line(f"{f['phase']} {f['detail']}".strip() or "-")))
+            p = {k: one_line(v) for k, v in f["progress"].items()}
+            if p:
+                t.add_row("training", Text(f"step {p.get('step', '?')}  loss {p.get('loss', '?')}  "
+                                           f"remaining {p.get('remaining_s', '?')} s"))
+        if self.run_phase or not self.flight:
+            t.add_row("phase", Text(one_line(self.run_phase or "-")))
         best = self.summary.best_bpb if self.summary else None
         base = self.summary.baseline_bpb if self.summary else None
         t.add_row("best bpb", f"{_fmt_bpb(best)}  (baseline {_fmt_bpb(base)})")
@@ -96,7 +91,7 @@ class LiveView(Events):
         return Group(Text("autoresearch", style="bold cyan"), t)
 
     def _refresh(self):
-        self.live.update(self._render())
+        self.live.refresh()
 
     def run_started(self, info: dict) -> None:
         self.tag = info.get("tag", "")
@@ -106,20 +101,33 @@ class LiveView(Events):
         self._refresh()
 
     def trial_started(self, trial_id: int, kind: str) -> None:
-        self.trial, self.kind, self.progress, self.t_trial = trial_id, kind, {}, time.monotonic()
+        self.flight[trial_id] = {"kind": kind, "phase": "", "detail": "", "progress": {}, "t0": time.monotonic()}
+        self.run_phase = ""
         self._refresh()
 
     def phase(self, name: str, detail: str = "") -> None:
-        self.phase_name, self.detail = name, detail[:80]
+        if len(self.flight) == 1 and name not in RUN_PHASES:        # one trial at a time: it is that trial's
+            return self.trial_phase(next(iter(self.flight)), name, detail)
+        self.run_phase = f"{name} {detail[:80]}".strip()
         self._refresh()
 
     def line(self, text: str) -> None:
-        if p := parse_progress(text):
-            self.progress = p
+        if len(self.flight) == 1:
+            self.trial_line(next(iter(self.flight)), text)
+
+    def trial_phase(self, trial_id: int, name: str, detail: str = "") -> None:
+        if f := self.flight.get(trial_id):
+            f["phase"], f["detail"] = name, detail[:80]
+            self._refresh()
+
+    def trial_line(self, trial_id: int, text: str) -> None:
+        if (p := parse_progress(text)) and (f := self.flight.get(trial_id)):
+            f["progress"] = p
             self._refresh()
 
     def trial_finished(self, rec: TrialRecord, summary: RunSummary) -> None:
         self.summary = summary
+        self.flight.pop(rec.trial, None)
         self.console.print(Text(_line(rec)), highlight=False)
         self._refresh()
 

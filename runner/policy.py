@@ -85,6 +85,9 @@ class Limits(_Strict):
     output_mb: int = Field(512, ge=1, description="size of the writable output tmpfs/volume")
     shm_mb: int = Field(256, ge=16, description="/dev/shm size (torch dataloaders use it)")
     uid: int = Field(65534, ge=1, description="non-root uid:gid the trial runs as")
+    cpuset: str | None = Field(None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$",
+                               description="pin trials to these cores (cpuset_cpus, e.g. 0-3); with slots > 1 on "
+                               "the CPU each slot gets its own share of the cores instead")
 
     @field_validator("memory")
     @classmethod
@@ -99,14 +102,17 @@ class PatchRules(_Strict):
     max_diff_lines: int = Field(400, ge=1, description="added + removed lines")
 
 
-class Decision(_Strict):
+class DecisionRules(_Strict):
+    """The policy's `decision` section: the bar a candidate must clear (runner.decision applies it)."""
     min_delta: float = Field(0.0, ge=0, description="keep only if best - val_bpb > min_delta")
     baseline_repeats: int = Field(1, ge=1, description="baseline runs (different seeds) to measure noise")
     confirm_wins: bool = Field(False, description="re-run an apparent win with another seed before keeping it")
     noise_sigmas: float = Field(2.0, ge=0, description="with repeats: a gain must exceed this many std devs")
 
 
-class Proposer(_Strict):
+class ProposerSettings(_Strict):
+    """The policy's `proposer` section: which proposer, and the `openai` one's endpoint and retries. Not to be
+    confused with the `Proposer` protocol of runner.proposers, which these settings configure."""
     kind: Literal["mutate", "openai"] = "mutate"
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint; None = the client's default")
     model: str = "gpt-4o-mini"
@@ -116,6 +122,15 @@ class Proposer(_Strict):
     max_backoff_retries: int = Field(5, ge=0, description="retries on 429 / 5xx / timeouts")
     temperature: float = Field(0.7, ge=0, le=2)
     history: int = Field(10, ge=0, description="recent ledger rows shown to the model")
+    ahead: int = Field(1, ge=0, description="proposals made ahead while trials train, so a freed slot never waits "
+                       "for the proposer; 0: on demand, each proposal sees every result before it")
+
+
+class Executor(_Strict):
+    """The policy's `executor` section: what runs the trials (runner.executor.make)."""
+    kind: Literal["docker", "ray"] = Field("docker", description="docker: this host's engine; ray: a Ray cluster "
+                                           "whose nodes each have a Docker engine (pip install .[ray])")
+    address: str | None = Field(None, description="ray: the cluster's address (host:port, or 'auto')")
 
 
 class Policy(_Strict):
@@ -123,19 +138,31 @@ class Policy(_Strict):
     flavour: Literal["cpu", "cuda"] = "cpu"
     image: str | None = Field(None, description="trial image tag; None = the tag `autoresearch build` made")
     gpu: Literal["none", "all"] | list[str] = Field("none", description="'all', or a list of device ids")
+    slots: int = Field(1, ge=1, description="trials at once: on the CPU each slot gets its own limits.cpus cores "
+                       "(cpuset); with a GPU list, one slot per GPU; on ray, trials in flight")
     seed: int = Field(1337, ge=0)
     train: TrainPhase = TrainPhase()
     eval: EvalPhase = EvalPhase()
     limits: Limits = Limits()
     patch: PatchRules = PatchRules()
-    decision: Decision = Decision()
-    proposer: Proposer = Proposer()
+    decision: DecisionRules = DecisionRules()
+    proposer: ProposerSettings = ProposerSettings()
+    executor: Executor = Executor()
 
     @model_validator(mode="after")
     def _check(self) -> "Policy":
         if self.gpu != "none" and self.flavour != "cuda":
             raise ValueError("gpu is set but flavour is 'cpu': set flavour: cuda to run on a GPU")
+        if self.slots > 1 and self.executor.kind == "docker" and self.gpu == "all":
+            raise ValueError("slots > 1 with gpu: all; list the GPU ids instead (gpu: [0, 1]): one slot per GPU")
+        if isinstance(self.gpu, list) and self.slots not in (1, len(self.gpu)):
+            raise ValueError(f"slots {self.slots} with {len(self.gpu)} GPUs listed: one slot per GPU; drop slots")
         return self
+
+    @property
+    def slot_count(self) -> int:
+        """Trials at once: one per listed GPU, else `slots`."""
+        return len(self.gpu) if isinstance(self.gpu, list) else self.slots
 
     @property
     def wants_gpu(self) -> bool:
@@ -143,6 +170,8 @@ class Policy(_Strict):
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
 
 
 def _describe(err: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .decision import noop_warning
 from .ledger import FAILED, Ledger, TrialRecord
-from .loop import baseline_of, best_of, summarize
+from .ledger import baseline_of, best_of, summarize
 from .text import markdown_cell
 
 
@@ -122,12 +122,18 @@ def markdown(tag: str, records: list[TrialRecord], policy=None) -> str:
             gain = f"{r.best_bpb_before - r.val_bpb:+.6f}" if r.best_bpb_before is not None else "(baseline)"
             lines.append(f"| {r.trial} | `{(r.commit or '')[:7]}` | {fmt(r.val_bpb)} | {gain} | "
                          f"{_cell(r.description)} |")
-    bad = [r for r in records if r.status in FAILED or r.status == "rejected"]
+    bad = [r for r in records if r.status in FAILED or r.status in ("rejected", "stale")]
     if bad:
         lines += ["", "## Failed and rejected trials", "", "| trial | status | description | reason |",
                   "|---|---|---|---|"]
         for r in bad:
             lines.append(f"| {r.trial} | {r.status} | {_cell(r.description)} | {_cell(r.reason, 200)} |")
+    slots = sorted({r.slot for r in records if r.slot})
+    if len(slots) > 1:
+        lines += ["", "## Slots", "", "| slot | trials | training s |", "|---|---|---|"]
+        for slot in slots:
+            mine = [r for r in records if r.slot == slot]
+            lines.append(f"| {_cell(slot)} | {len(mine)} | {sum(r.training_seconds or 0.0 for r in mine):.0f} |")
     lines += ["", "![progress](progress.png)", ""]
     return "\n".join(lines)
 

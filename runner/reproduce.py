@@ -16,14 +16,15 @@ from trainer.shards import manifest_sha256
 
 from .errors import UserError
 from .ledger import Ledger
-from .loop import Events, default_trial_fn, existing_run_dir, resolve_data_dir
+from .executor import Executor, TrialOutcome, TrialSpec, make
 from .policy import Policy
+from .runs import existing_run_dir, resolve_data_dir
 from .workspace import Workspace
 
 
-def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None = None,
-              events: Events | None = None):
-    """Returns (the ledger record, the new TrialOutcome, the run's policy)."""
+def reproduce(repo: Path, tag: str, trial_id: int, *, executor: Executor | None = None,
+              on_line: Callable[[str], None] | None = None) -> tuple:
+    """Returns (the ledger record, the new TrialOutcome, the run's policy). on_line hears the train log's lines."""
     ws = Workspace(repo)
     run_dir = existing_run_dir(ws.root, tag)
     meta = json.loads((run_dir / "run.json").read_text())
@@ -35,7 +36,6 @@ def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None 
     if rec.commit is None:
         raise UserError(f"trial {trial_id} was {rec.status} ({rec.reason}); it never ran, so there is nothing "
                         "to reproduce")
-    from .trial import TrialSpec
     policy = Policy.model_validate(meta["policy"])
     data = resolve_data_dir(meta["data_dir"])
     if manifest_sha256(data) != rec.data_manifest_sha256:
@@ -46,5 +46,11 @@ def reproduce(repo: Path, tag: str, trial_id: int, *, trial_fn: Callable | None 
     candidate = ws.export(rec.commit, allowed, work / "candidate")
     spec = TrialSpec(run_tag=f"{tag}-reproduce", trial_id=str(trial_id), candidate_dir=candidate, data_dir=data,
                      policy=policy, image=rec.image_digest or rec.image, seed=rec.seed, work_dir=work)
-    outcome = (trial_fn or default_trial_fn())(spec, (events or Events()).line)
+    own = executor is None
+    executor = executor or make(policy.executor.kind, policy.executor.address)
+    try:
+        outcome: TrialOutcome = executor.run(spec, on_line)
+    finally:
+        if own:
+            executor.close()
     return rec, outcome, policy

@@ -3,12 +3,13 @@
 TRUSTED CODE (host side). The score comes only from the eval container's result.json, which is written by the
 trusted evaluator but about a model the agent built, inside a container; it is validated here as if an attacker
 wrote it: at most MAX_RESULT_BYTES, strict JSON (NaN/Infinity rejected, nesting bounded), every number finite,
-the schema "autoresearch.result/1" (trainer.evaluate.check_result, the evaluator's own definition, plus the
-host's checks here), and, when read from disk, a regular file inside the output directory reached without
-following any link.
+the schema "autoresearch.result/1" (trainer.contract.check_result, the one definition the evaluator checks its
+own output against, plus the host's checks here), and, when read from disk, a regular file inside the output
+directory reached without following any link.
 
 The train summary is the `key: value` block after the last `---` line of train.py's stdout. It is the agent's
-own account: bounded, numbers only, never the score (keys that look like a score are dropped).
+own account: bounded, numbers only, never the score (keys that look like a score, trainer.contract.SCORE_KEY,
+are dropped). This module imports no torch: trainer.contract is standard library only.
 """
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ import re
 import stat
 from pathlib import Path
 
-SCHEMA = "autoresearch.result/1"
-STATUSES = ("ok", "violation", "invalid_model")
+from trainer.contract import RESULT_FILE, SCHEMA, STATUSES, check_result
+from trainer.contract import SCORE_KEY as _SCORE_KEY
+
 MAX_RESULT_BYTES = 256 * 1024
 MAX_DEPTH = 8
 MAX_BPB = 64.0                       # bits per byte above this is not a measurement (8 = uniform over bytes)
 SUMMARY_MAX_KEYS = 32
 _SUMMARY_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
-_SCORE_KEY = re.compile(r"bpb|val_loss|score", re.IGNORECASE)
 
 
 class ResultError(Exception):
@@ -76,14 +77,13 @@ def parse_result(data: bytes) -> dict:
                               "when status is ok")
     elif bpb is not None:
         raise ResultError(f"result.json carries val_bpb {str(bpb)[:40]} with status {obj['status']}")
-    from trainer.evaluate import check_result        # the evaluator's own schema definition
     problems = check_result(obj)
     if problems:
         raise ResultError(f"result.json breaks schema {SCHEMA}: {problems[0][:200]}")
     return obj
 
 
-def read_result(out_dir: str | os.PathLike, name: str = "result.json") -> dict:
+def read_result(out_dir: str | os.PathLike, name: str = RESULT_FILE) -> dict:
     """Read and validate OUT_DIR/NAME from disk without following links (for results written to a host dir)."""
     out_dir = Path(out_dir)
     if "/" in name or name in (".", ".."):

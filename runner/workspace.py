@@ -101,6 +101,11 @@ class Workspace:
                 entries[path] = meta.split(" ")[0]
         return entries
 
+    def commit_info(self, commit: str) -> tuple[str | None, str]:
+        """(first parent or None, subject line) of a commit."""
+        parents, _, subject = self.git("show", "-s", "--no-show-signature", "--format=%P%n%s", commit).partition("\n")
+        return (parents.split() or [None])[0], subject
+
     def read_file(self, commit: str, path: str) -> str:
         return self.git("cat-file", "blob", f"{commit}:{path}", strip=False)
 
@@ -108,6 +113,62 @@ class Workspace:
         """The texts of those paths that are regular files in the commit (links and others are skipped)."""
         tree = self.tree(commit)
         return {p: self.read_file(commit, p) for p in paths if tree.get(p) in REGULAR}
+
+    def merge(self, base: str, ours: str, theirs: str, paths: list[str]) -> dict[str, str] | None:
+        """The three-way merge of `theirs` (a candidate built on `base`) onto `ours` (the best now), file by file
+        for `paths`, with `git merge-file` (no hooks, no attributes, no checkout): the merged texts of the files
+        `theirs` changed, or None when a change conflicts (or deletes a file, which a candidate never does)."""
+        files = {}
+        with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
+            for path in paths:
+                texts = [self.read_files(c, [path]).get(path) for c in (base, ours, theirs)]
+                b, o, t = texts
+                if t == b:
+                    continue                                     # the candidate did not change it
+                if t is None or o is None or b is None:
+                    return None
+                names = []
+                for label, text in zip(("base", "ours", "theirs"), (b, o, t)):
+                    names.append(os.path.join(tmp, label))
+                    Path(names[-1]).write_text(text)
+                try:
+                    files[path] = self.git("merge-file", "-p", "-q", names[1], names[0], names[2], strip=False)
+                except InfraError:                                # exit status = the number of conflicts
+                    return None
+        return files
+
+    def uncommitted(self, commit: str, paths: list[str]) -> list[str]:
+        """Those of `paths` whose file in the working tree differs from `commit` (edited, new or deleted),
+        compared by blob hash without filters: what a run that trains `commit` would silently not use."""
+        tree, out = self.tree(commit), []
+        for path in sorted(set(paths)):
+            f = self.root / path
+            if f.is_symlink():                                   # committed links: the same target is clean
+                if tree.get(path) != "120000" or self.git("cat-file", "blob", f"{commit}:{path}") != os.readlink(f):
+                    out.append(path)
+                continue
+            if not f.is_file():
+                if path in tree:
+                    out.append(path)                             # deleted (or replaced by a directory)
+                continue
+            blob = self.git("hash-object", "--no-filters", "--", str(f))
+            if tree.get(path) not in REGULAR or self.git("rev-parse", f"{commit}:{path}") != blob:
+                out.append(path)
+        return out
+
+    def commit_worktree(self, paths: list[str], message: str) -> str:
+        """Commit the working-tree files `paths` on top of HEAD (its branch moves, compare-and-swap) and set their
+        index entries to the new commit, so `git status` is clean for them. Returns the new commit."""
+        head = self.head_commit()
+        gone = [p for p in paths if not (self.root / p).is_file() or (self.root / p).is_symlink()]
+        if gone:
+            raise UserError(f"{', '.join(gone)} is deleted (or not a regular file) in {self.root}; restore it or "
+                            "commit the deletion yourself (git rm), then run again")
+        files = {p: (self.root / p).read_text(encoding="utf-8") for p in paths}
+        new = self.commit_files(head, files, message)
+        self.git("update-ref", "-m", "autoresearch: commit changes", "HEAD", new, head)
+        self.git("reset", "-q", new, "--", *paths)
+        return new
 
     def export(self, commit: str, paths: list[str], dest: str | os.PathLike) -> Path:
         """Write a commit's regular files among `paths` under dest, read-only (0444). Never a checkout."""
@@ -158,9 +219,14 @@ class Workspace:
     def set_trial_ref(self, tag: str, trial_id: int, commit: str) -> None:
         self.git("update-ref", self.trial_ref(tag, trial_id), commit)
 
-    def trial_refs(self, tag: str) -> dict[int, str]:
+    def rebased_ref(self, tag: str, trial_id: int) -> str:
+        """Where a candidate re-applied onto a newer best (trials in flight) keeps its re-applied commit."""
+        return f"refs/autoresearch/{check_tag(tag)}/rebased/{int(trial_id)}"
+
+    def trial_refs(self, tag: str, kind: str = "trials") -> dict[int, str]:
+        """{trial id: commit} of the run's trial refs (kind "rebased": its re-applied commits)."""
         out = self.git("for-each-ref", "--format=%(refname) %(objectname)",
-                       f"refs/autoresearch/{check_tag(tag)}/trials/")
+                       f"refs/autoresearch/{check_tag(tag)}/{kind}/")
         refs = {}
         for line in out.splitlines():
             name, sha = line.split(" ")

@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 echo "== python package"
 # The CPU build of torch first: a plain `pip install torch` would pull a multi-GB CUDA build.
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
-$PY -m pip install -q --disable-pip-version-check -e ".[test]"
+$PY -m pip install -q --disable-pip-version-check -e ".[test,ray]"
 
 echo "== docker engine and trial image"
 bash .ci/setup-docker.sh

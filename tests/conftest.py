@@ -79,7 +79,7 @@ def docker_client():
 @pytest.fixture(scope="session")
 def trial_image(docker_client):
     """The CPU trial image for the current recipe, built once per session (reused when its tag exists)."""
-    from runner import images
+    from runner.sandbox import images
     return images.build("cpu", airgapped=None, client=docker_client)
 
 

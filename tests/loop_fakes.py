@@ -1,19 +1,39 @@
-"""Fakes for loop tests without Docker: a scripted proposer and a trial function whose 'bpb' is a constant of
+"""Fakes for loop tests without Docker: a scripted proposer and an executor whose trials' 'bpb' is a constant of
 the candidate train.py. They stand in for the real parts only in addition to the real end-to-end tests
 (test_loop_docker.py)."""
 import re
+import threading
+import time
 from pathlib import Path
 
 from runner.proposers.base import Proposal
-from runner.trial import TrialOutcome
+from runner.workspace import init_repo
+from trainer.shards import atomic_write_json
+from runner.executor import TrialOutcome
 
 TRAIN = "SCORE = 1.000  # the fake trial's bpb\nLR = 0.04  # lr\n"
+
+
+def make_exp(tmp_path):
+    """(repo, data): an experiment repository holding TRAIN, and a data directory with an (empty) manifest."""
+    repo = tmp_path / "exp"
+    init_repo(repo, {"train.py": TRAIN, "program.md": "lower SCORE\n", ".gitignore": "runs/\n"})
+    data = tmp_path / "data"
+    atomic_write_json(data / "manifest.json", {"schema": "autoresearch.data/1", "files": {}})
+    return repo, data
 
 
 def set_score(value, description=None):
     def edit(ctx):
         text = re.sub(r"^SCORE = \S+", f"SCORE = {value}", ctx.files["train.py"], flags=re.M)
         return Proposal({"train.py": text}, description or f"SCORE -> {value}")
+    return edit
+
+
+def bonus(k):
+    """An idea that touches no line SCORE edits (appended at the end): it merges onto another kept change."""
+    def edit(ctx):
+        return Proposal({"train.py": ctx.files["train.py"] + f"BONUS{k} = 1  # idea {k}\n"}, f"idea {k}")
     return edit
 
 
@@ -49,18 +69,58 @@ class Scripted:
         return self.edits.pop(0)(ctx)
 
 
-class FakeTrial:
-    """Stands in for run_trial: the 'bpb' is the SCORE constant of the candidate (+ a per-seed offset)."""
+class FakeExecutor:
+    """Stands in for the Docker executor (runner.executor.Executor): a trial's 'bpb' is the SCORE constant of the
+    candidate (+ a per-seed offset). Records what the loop asked of it in `calls`."""
+    name = "fake"
 
-    def __init__(self, seed_offsets=None, interrupt_at=None):
+    def __init__(self, seed_offsets=None, interrupt_at=None, slots=1, seconds=0.0, gates=None):
+        self.slots = slots
+        self.seconds = seconds            # each trial takes this long
+        self.gates = gates or {}          # trial id -> threading.Event the trial waits for before it ends
+        self.running, self.most_at_once, self.log = 0, 0, []   # log: ("start"|"end", trial id, monotonic time)
+        self.mutex = threading.Lock()
+        self.on_start = None              # called with each trial id as it starts
         self.specs = []
+        self.calls = []
         self.seed_offsets = seed_offsets or {}
         self.interrupt_at = interrupt_at
 
-    def __call__(self, spec, on_line=None, on_phase=None):
+    def resolve_image(self, policy):
+        self.calls.append("resolve_image")
+        return "img:fake"
+
+    def remove_leftovers(self, run_tag):
+        self.calls.append(f"remove_leftovers {run_tag}")
+        return 0
+
+    def start(self, policy, *, image, data_dir, run_tag, work_dir):
+        self.calls.append(f"start {image}")
+
+    def close(self):
+        self.calls.append("close")
+
+    def run(self, spec, on_line=None, on_phase=None):
         if spec.trial_id == self.interrupt_at:
             raise KeyboardInterrupt
-        self.specs.append(spec)
+        with self.mutex:
+            self.specs.append(spec)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.log.append(("start", spec.trial_id, time.monotonic()))
+        if self.on_start:
+            self.on_start(spec.trial_id)
+        try:
+            time.sleep(self.seconds)
+            if spec.trial_id in self.gates:
+                assert self.gates[spec.trial_id].wait(10), f"trial {spec.trial_id} was never let through"
+            return self._outcome(spec, on_line, on_phase)
+        finally:
+            with self.mutex:
+                self.running -= 1
+                self.log.append(("end", spec.trial_id, time.monotonic()))
+
+    def _outcome(self, spec, on_line, on_phase):
         if on_phase:
             on_phase("training")
         text = (Path(spec.candidate_dir) / "train.py").read_text()
@@ -77,6 +137,7 @@ class FakeTrial:
         if on_phase:
             on_phase("evaluating")
         score = float(re.search(r"^SCORE = (\S+)", text, re.M).group(1)) + self.seed_offsets.get(spec.seed, 0.0)
+        score -= 0.2 * len(re.findall(r"^BONUS\d* = 1", text, re.M))          # each independent idea helps
         return TrialOutcome("ok", val_bpb=score, image_digest="sha256:fake",
                             timings={"total_s": 0.01, "train_host_s": 2.5},
                             train_summary={"training_seconds": 2.0, "peak_memory_mb": 512.0,

@@ -13,7 +13,8 @@ import uuid
 from pathlib import Path
 
 from runner.policy import load_policy
-from runner.trial import TrialSpec, run_trial
+from runner.executor import TrialSpec
+from runner.sandbox.trial import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_TRAIN_PY = REPO / "trainer" / "train.py"

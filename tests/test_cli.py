@@ -9,12 +9,13 @@ import pytest
 import trainer
 from runner.cli import main
 from runner.ledger import Ledger
-from runner.loop import Run, RunConfig
+from runner.loop import Loop
+from runner.runs import RunConfig
 from runner.policy import Policy
 from runner.workspace import init_repo
 from trainer.shards import atomic_write_json
 
-from tests.loop_fakes import TRAIN, FakeTrial, Scripted, crash, set_score
+from tests.loop_fakes import TRAIN, FakeExecutor, Scripted, crash, set_score
 
 
 def cli(*args, cwd=None):
@@ -46,8 +47,7 @@ def exp(tmp_path):
 def finished_run(exp):
     repo, data = exp
     cfg = RunConfig(repo=repo, tag="t", data_dir=data, policy=Policy(), max_trials=3, image="img:test")
-    Run(cfg, trial_fn=FakeTrial(), proposer=Scripted(set_score(0.9), crash, set_score(0.95)),
-        cleanup=lambda tag: None).run()
+    Loop(cfg, executor=FakeExecutor(), proposer=Scripted(set_score(0.9), crash, set_score(0.95))).run()
     return repo
 
 

@@ -7,19 +7,19 @@ import yaml
 
 from runner import decision
 from runner.decision import noop_warning, short_of_steps
-from runner.policy import Decision, Policy, load_policy
+from runner.policy import DecisionRules, Policy, load_policy
 from runner.workspace import init_repo
 
 
 def test_a_lower_bpb_is_kept_and_a_tie_or_a_loss_is_discarded():
-    rules = Decision(min_delta=0.0)
+    rules = DecisionRules(min_delta=0.0)
     assert decision.judge(0.99, 1.0, 0.0, rules).action == "keep"
     assert decision.judge(1.0, 1.0, 0.0, rules).action == "discard"
     assert decision.judge(1.01, 1.0, 0.0, rules).action == "discard"
 
 
 def test_a_gain_of_min_delta_or_less_is_discarded():
-    rules = Decision(min_delta=0.002)
+    rules = DecisionRules(min_delta=0.002)
     t = decision.threshold(rules, None)
     assert t == 0.002
     assert decision.judge(0.999, 1.0, t, rules).action == "discard"
@@ -31,7 +31,7 @@ def test_a_gain_of_min_delta_or_less_is_discarded():
 def test_baseline_repeats_set_the_noise_floor():
     std = decision.noise_std([1.00, 1.02, 0.98])
     assert std == pytest.approx(0.02)
-    rules = Decision(min_delta=0.001, baseline_repeats=3, noise_sigmas=2.0)
+    rules = DecisionRules(min_delta=0.001, baseline_repeats=3, noise_sigmas=2.0)
     t = decision.threshold(rules, std)
     assert t == pytest.approx(0.04)
     assert decision.judge(0.97, 1.0, t, rules).action == "discard"   # a gain inside the noise
@@ -41,11 +41,11 @@ def test_baseline_repeats_set_the_noise_floor():
 def test_a_single_baseline_has_no_noise_estimate():
     assert decision.noise_std([1.0]) is None
     assert decision.noise_std([1.0, float("nan")]) is None
-    assert decision.threshold(Decision(min_delta=0.003), None) == 0.003
+    assert decision.threshold(DecisionRules(min_delta=0.003), None) == 0.003
 
 
 def test_an_apparent_win_is_confirmed_before_it_is_kept():
-    rules = Decision(confirm_wins=True)
+    rules = DecisionRules(confirm_wins=True)
     assert decision.judge(0.9, 1.0, 0.0, rules).action == "confirm"
     assert decision.judge_confirmation(0.9, "ok", 0.95, 1.0, 0.0).action == "keep"
     lucky = decision.judge_confirmation(0.9, "ok", 1.01, 1.0, 0.0)

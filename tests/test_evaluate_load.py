@@ -1,7 +1,7 @@
 """Loading an untrusted .pt2: nothing in the archive runs as Python; anything but a plain exported graph is refused.
 
-The first tests show what stock torch.export.load would execute (the reason for trainer/program.py); if they start
-failing on a new torch, re-read the loader and update the docstring of trainer/program.py and docs/result-schema.md.
+The first tests show what stock torch.export.load would execute (the reason for the safe .pt2 loader, trainer/safe_pt2.py); if they start
+failing on a new torch, re-read the loader and update the docstring of trainer/safe_pt2.py and docs/result-schema.md.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 import evalkit as K
 from trainer.evaluate import evaluate
-from trainer.program import InvalidModel, load_program, sanitize_archive
+from trainer.safe_pt2 import InvalidModel, load_program, sanitize_archive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def test_stock_torch_export_load_runs_a_pickle_planted_in_the_sample_inputs(good
     marker = tmp_path / "pwned"
     bad = K.rebuild(good, tmp_path / "bad.pt2", replace={"data/sample_inputs/model.pt": K.pickle_payload(marker)})
     stock_load(bad)
-    assert marker.exists(), "torch.export.load no longer unpickles sample inputs: update trainer/program.py docs"
+    assert marker.exists(), "torch.export.load no longer unpickles sample inputs: update trainer/safe_pt2.py docs"
 
 
 def test_stock_torch_export_load_runs_code_injected_through_an_input_name(good, tmp_path):
@@ -61,7 +61,7 @@ def test_stock_torch_export_load_runs_code_injected_through_an_input_name(good, 
     evil = f'idx=__import__("os").system("touch {marker}")'
     bad = K.rebuild(good, tmp_path / "bad.pt2", edit_model=inject_name(evil))
     stock_load(bad)
-    assert marker.exists(), "FX codegen no longer pastes placeholder names: update trainer/program.py docs"
+    assert marker.exists(), "FX codegen no longer pastes placeholder names: update trainer/safe_pt2.py docs"
 
 
 def test_the_evaluator_drops_a_pickle_planted_in_the_sample_inputs_and_never_runs_it(good, data, tmp_path):
@@ -255,8 +255,8 @@ def test_a_program_exported_on_a_gpu_is_scored_on_the_cpu_evaluator(data, tmp_pa
 
 
 def test_an_oversized_program_description_is_refused_unparsed(good, monkeypatch):
-    import trainer.program as program
-    monkeypatch.setattr(program, "MAX_JSON_BYTES", 1000)
+    import trainer.safe_pt2_archive as archive
+    monkeypatch.setattr(archive, "MAX_JSON_BYTES", 1000)
     with pytest.raises(InvalidModel, match="models/model.json is .* over the 1000-byte limit"):
         load_program(good, 8, 64, VOCAB)
 
@@ -264,15 +264,15 @@ def test_an_oversized_program_description_is_refused_unparsed(good, monkeypatch)
 def test_the_warm_up_model_passes_every_check_of_the_real_loader():
     # The waiting evaluator warms up on this tiny trusted model; if the loader refused it, every trial would pay
     # the full loading cost after training again (and only a line on stderr would say so).
-    from trainer import program
-    program.warm_up()
-    program.load_archive(program.warm_up_archive(), 2, 4, 16, "cpu")
+    from trainer import safe_pt2
+    safe_pt2.warm_up()
+    safe_pt2.load_archive(safe_pt2.warm_up_archive(), 2, 4, 16, "cpu")
 
 
 def test_the_image_build_writes_a_warm_up_archive_the_loader_accepts(tmp_path):
     dest = tmp_path / "warm_up.pt2"
-    p = subprocess.run([sys.executable, "-m", "trainer.program", "--write-warm-up", str(dest)],
+    p = subprocess.run([sys.executable, "-m", "trainer.safe_pt2", "--write-warm-up", str(dest)],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert p.returncode == 0, p.stderr
-    from trainer import program
-    program.load_archive(dest.read_bytes(), 2, 4, 16, "cpu")
+    from trainer import safe_pt2
+    safe_pt2.load_archive(dest.read_bytes(), 2, 4, 16, "cpu")

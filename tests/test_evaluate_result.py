@@ -287,4 +287,4 @@ def test_the_cpu_evaluator_keeps_freed_memory_and_makes_the_first_math_calls_alo
     monkeypatch.setattr(E, "evaluate", stop_at_evaluate)
     assert E.main(["--model", str(good), "--data", str(tmp_path), "--preset", "tiny", "--out",
                    str(tmp_path / "r.json")]) == E.EXIT_CANNOT_RUN
-    assert calls == ["keep", "first", "evaluate"], "harness.keep_freed_memory and first_math_calls (tests/test_harness_setup.py) come first"
+    assert calls == ["keep", "first", "evaluate"], "trainer.process.keep_freed_memory and first_math_calls (tests/test_harness_setup.py) come first"

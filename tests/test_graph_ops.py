@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 import evalkit as K
 from harness_fixtures import VOCAB as TRAIN_VOCAB, make_data
-from trainer import graph_ops, harness, program
-from trainer.program import InvalidModel, load_archive, load_program
+from trainer import graph_ops, harness, safe_pt2
+from trainer.safe_pt2 import InvalidModel, load_archive, load_program
 
 REPO = Path(__file__).resolve().parent.parent
 V, B, T, D, H = 30, 4, 16, 32, 4
@@ -158,7 +158,7 @@ def test_every_test_model_that_is_not_refused_for_its_state_or_shape_still_loads
 
 
 def test_the_warm_up_model_uses_listed_ops_only():
-    ops = program.load_archive(program.warm_up_archive(), 2, 4, 16, "cpu").ops
+    ops = safe_pt2.load_archive(safe_pt2.warm_up_archive(), 2, 4, 16, "cpu").ops
     assert "aten.scaled_dot_product_attention.default" in ops and "aten.rms_norm.default" in ops
 
 

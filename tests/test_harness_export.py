@@ -104,7 +104,7 @@ def test_export_failure_writes_one_line_export_error_and_exits_86(tmp_path, body
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT).replace("{body}", body))
     env = dict(os.environ, AUTORESEARCH_DATA=str(data), AUTORESEARCH_OUT=str(tmp_path / "out"),
-               AUTORESEARCH_PRESET="tiny")
+               AUTORESEARCH_PRESET="tiny", AUTORESEARCH_BUDGET_S="60")
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXPORT_FAILED == 86, proc.stderr[-2000:]
     assert "not reached" not in proc.stdout

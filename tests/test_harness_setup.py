@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness_fixtures import BOS, VOCAB, make_data
-from trainer import harness
+from trainer import harness, process
 from trainer.harness.budget import Budget
 
 
@@ -28,8 +28,12 @@ def data(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("data"), n_docs=100)
 
 
+BUDGET_S = 10          # what the runner passes from the policy (the harness has no budget of its own)
+
+
 def env_for(data, tmp_path, **extra):
-    env = {"AUTORESEARCH_DATA": str(data), "AUTORESEARCH_OUT": str(tmp_path / "out"), "AUTORESEARCH_PRESET": "tiny"}
+    env = {"AUTORESEARCH_DATA": str(data), "AUTORESEARCH_OUT": str(tmp_path / "out"), "AUTORESEARCH_PRESET": "tiny",
+           "AUTORESEARCH_BUDGET_S": str(BUDGET_S)}
     env.update({f"AUTORESEARCH_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
@@ -68,7 +72,8 @@ def test_setup_reads_the_environment_the_preset_and_the_tokenizer(data, tmp_path
     assert (run.vocab_size, run.bos_id, run.seed, run.max_steps) == (VOCAB, BOS, 42, 7)
     assert run.budget_seconds == 3.5 and run.device == "cpu"
     assert run.out_dir.is_dir()
-    assert harness.setup(env_for(data, tmp_path)).budget_seconds == preset["budget_seconds"]
+    assert harness.setup(env_for(data, tmp_path)).budget_seconds == BUDGET_S
+    assert "budget_seconds" not in preset, "the policy alone owns the training budget"
     assert harness.setup(env_for(data, tmp_path)).seed == harness.DEFAULT_SEED
 
 
@@ -85,6 +90,7 @@ def test_setup_seeds_torch_so_initialisation_repeats(data, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"AUTORESEARCH_DATA": ""}, "AUTORESEARCH_DATA is not set"),
     ({"AUTORESEARCH_OUT": ""}, "AUTORESEARCH_OUT is not set"),
+    ({"AUTORESEARCH_BUDGET_S": ""}, "AUTORESEARCH_BUDGET_S is not set; the runner passes the policy's"),
     ({"AUTORESEARCH_DATA": "/nonexistent/data"}, "is not a directory"),
     ({"AUTORESEARCH_PRESET": "huge"}, "AUTORESEARCH_PRESET='huge' is not one of"),
     ({"AUTORESEARCH_BUDGET_S": "soon"}, "AUTORESEARCH_BUDGET_S='soon' is not a valid float"),
@@ -125,7 +131,7 @@ def test_report_prints_the_summary_block_and_drops_a_self_reported_score(data, t
 HEAP_SCRIPT = """
 import ctypes, json, sys
 import torch
-from trainer import harness
+from trainer import harness, process
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -136,7 +142,7 @@ mallinfo2.restype = MallInfo2
 if sys.argv[1] == "setup":
     harness.setup(json.loads(sys.argv[2]))
 elif sys.argv[1] == "keep":
-    assert harness.keep_freed_memory()
+    assert process.keep_freed_memory()
 x = torch.empty(50 * 2**20)                          # 200 MiB: one tensor, one malloc block
 during = mallinfo2()
 del x
@@ -172,5 +178,5 @@ def test_setup_makes_the_first_call_of_every_mkl_math_function_on_the_cpu_before
 
 
 def test_first_math_calls_calls_every_listed_function_on_this_torch():
-    assert harness.first_math_calls() == list(harness.VML_FUNCTIONS)
-    assert {"tanh", "log", "exp"} <= set(harness.VML_FUNCTIONS)     # the ones the model and the metric use
+    assert process.first_math_calls() == list(process.VML_FUNCTIONS)
+    assert {"tanh", "log", "exp"} <= set(process.VML_FUNCTIONS)     # the ones the model and the metric use

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import images
+from runner.sandbox import images
 from runner.sandbox import cleanup, containers, spec
 from tests.sandbox_kit import TEST_RUN_PREFIX, policy
 

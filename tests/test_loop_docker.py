@@ -78,7 +78,8 @@ def test_a_real_run_keeps_the_good_discards_the_bad_and_records_the_crash(tmp_pa
                                  "a change that crashes")})                                   # crashes
     tag = f"e2e-{os.getpid()}"
     policy = policy_file(tmp_path / "policy.yaml", kind="openai", base_url=llm_server.base_url, model=MODEL,
-                         api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY", timeout_seconds=10, max_retries=1)
+                         api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY", timeout_seconds=10, max_retries=1,
+                         ahead=0)   # on demand: each scripted reply is written for the result before it
     p = cli("run", "--repo", repo, "--tag", tag, "--policy", policy, "--data", sandbox_data, "--image",
             trial_image.tag, "--max-trials", 3, "--plain")
     assert p.returncode == 0, p.stdout + p.stderr
@@ -154,3 +155,125 @@ def test_a_runner_killed_mid_trial_resumes_cleanly(tmp_path, trial_image, sandbo
     assert all(json.loads(line)["trial"] == i for i, line in enumerate(lines))
     assert "resumed after 1 trials" in p.stdout
     assert all(r.image == trial_image.tag for r in recs)  # no --image: the tag `autoresearch build` made
+
+
+class CpusetWatch:
+    """Samples the run's train containers that hold a trial (not those started ahead, still waiting): their
+    cpusets, and how many ran at once."""
+
+    def __init__(self, client, tag):
+        import threading
+        self.client, self.tag, self.seen, self.most, self.stop = client, tag, set(), 0, threading.Event()
+        self.names = set()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        import docker.errors
+        while not self.stop.is_set():
+            running = []
+            for c in labelled(self.client, self.tag):
+                try:
+                    attrs = self.client.api.inspect_container(c.id)
+                except docker.errors.NotFound:
+                    continue
+                if re.fullmatch(rf"autoresearch-{self.tag}-\d+(-\w+)?-train", c.name) and attrs["State"]["Running"]:
+                    running.append(attrs["HostConfig"]["CpusetCpus"])
+                    self.names.add((c.name, attrs["HostConfig"]["CpusetCpus"], attrs["HostConfig"]["NanoCpus"]))
+            self.seen |= set(running)
+            self.most = max(self.most, len(running))
+            self.stop.wait(0.2)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def edit(old: str, new: str, description: str):
+    """A scripted proposer's edit of the real train.py."""
+    from runner.proposers.base import Proposal
+
+    def propose(ctx):
+        return Proposal({"train.py": ctx.files["train.py"].replace(old, new)}, description)
+    return propose
+
+
+BOTH = REAL_TRAIN[REAL_TRAIN.index("MATRIX_LR = 0.04"):REAL_TRAIN.index("\n", REAL_TRAIN.index("EMBEDDING_LR = 0.6"))]
+
+
+def test_two_cpu_slots_train_two_candidates_at_once_each_on_its_own_core(tmp_path, trial_image, sandbox_data,
+                                                                         docker_client):
+    from runner.loop import Loop
+    from runner.policy import load_policy
+    from runner.runs import RunConfig
+    from tests.loop_fakes import Scripted
+    repo = tmp_path / "exp"
+    init_repo(repo, {"train.py": REAL_TRAIN, "program.md": "p\n", ".gitignore": "runs/\n"})
+    raw = load_policy("tiny").model_dump()
+    raw.update(slots=2, limits={**raw["limits"], "cpus": 1.0}, proposer={**raw["proposer"], "ahead": 2})
+    policy = type(load_policy("tiny")).model_validate(raw)
+    # two changes that each beat the baseline on these data (different lines: they merge), and a third that edits
+    # both lines: proposed on the baseline, it conflicts with whichever was kept first, so it is stale untrained
+    proposer = Scripted(edit("MATRIX_LR = 0.04", "MATRIX_LR = 0.08", "matrix lr x2"),
+                        edit("EMBEDDING_LR = 0.6", "EMBEDDING_LR = 1.2", "embedding lr x2"),
+                        edit(BOTH, BOTH.replace("= 0.04", "= 0.05").replace("= 0.6", "= 0.7"), "both lrs"))
+    tag = f"slots-{os.getpid()}"
+    with CpusetWatch(docker_client, tag) as watch:
+        summary = Loop(RunConfig(repo=repo, tag=tag, data_dir=sandbox_data, policy=policy, max_trials=3,
+                                 image=trial_image.tag), proposer=proposer).run()
+    recs = Ledger(repo / "runs" / tag).records()
+    by_id = {r.trial: r for r in recs}
+    assert sorted(by_id) == [0, 1, 2, 3] and len(recs) == 4                    # each id once
+    assert watch.most == 2 and watch.seen == {"0", "1"}, (watch.most, watch.names)   # both at once, own cores
+    assert by_id[1].slot in ("0", "1") and by_id[2].slot in ("0", "1")      # the slot of its last run
+    first = min((by_id[1], by_id[2]), key=lambda r: r.finished_at)
+    assert first.status == "keep", first.reason
+    assert by_id[3].status == "stale" and by_id[3].outcome is None, by_id[3].reason   # never trained
+    kept = [r for r in recs if r.status == "keep"]
+    assert git(repo, "rev-parse", f"autoresearch/{tag}") == summary.best_commit == kept[-1].commit
+    assert git(repo, "rev-list", "--reverse", f"{recs[0].commit}..autoresearch/{tag}").split() == \
+        [r.commit for r in kept if r.kind == "candidate"]
+    assert not labelled(docker_client, tag)
+
+
+def test_a_runner_killed_with_two_trials_in_flight_resumes_each_once(tmp_path, trial_image, sandbox_data,
+                                                                     docker_client):
+    repo = tmp_path / "exp"
+    init_repo(repo, {"train.py": REAL_TRAIN, "program.md": "p\n", ".gitignore": "runs/\n"})
+    tag = f"kill2-{os.getpid()}"
+    policy = policy_file(tmp_path / "policy.yaml", kind="mutate")
+    policy.write_text(policy.read_text().replace("cpus: 2.0", "cpus: 1.0") + "slots: 2\n")
+    args = ["run", "--repo", repo, "--tag", tag, "--policy", policy, "--data", sandbox_data, "--plain"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(["autoresearch", *map(str, args), "--max-trials", "2"], stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            want = {f"autoresearch-{tag}-{n}-train" for n in (1, 2)}
+            while not want <= {c.name for c in labelled(docker_client, tag) if c.status == "running"}:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()
+                assert time.monotonic() < deadline, "trials 1 and 2 never trained at once"
+                time.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    t0 = time.monotonic()
+    while labelled(docker_client, tag) and time.monotonic() - t0 < 15:
+        time.sleep(0.2)
+    assert not labelled(docker_client, tag), "the killed runner's containers outlived it"
+    refs = Workspace(repo).trial_refs(tag)
+    assert sorted(refs) == [0, 1, 2] and [r.trial for r in Ledger(repo / "runs" / tag).records()] == [0]
+
+    p = cli("run", "--repo", repo, "--tag", tag, "--resume", "--plain")
+    assert p.returncode == 0, p.stdout + p.stderr
+    recs = Ledger(repo / "runs" / tag).records()
+    assert sorted(r.trial for r in recs) == [0, 1, 2], [(r.trial, r.status) for r in recs]   # none lost, none twice
+    assert all(r.status in ("keep", "discard", "stale") for r in recs)
+    for r in recs[1:]:                                          # the same code that was in flight ran again
+        assert (r.rebased or {}).get("from_commit", r.commit) == refs[r.trial]
+    best = [r for r in recs if r.status == "keep"][-1]
+    assert git(repo, "rev-parse", f"autoresearch/{tag}") == best.commit
+    assert not labelled(docker_client, tag)

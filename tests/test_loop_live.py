@@ -6,7 +6,7 @@ from rich.console import Console
 
 from runner.ledger import TrialRecord
 from runner.live import LiveView, PlainView, parse_progress
-from runner.loop import RunSummary
+from runner.ledger import RunSummary
 
 
 def test_progress_lines_are_parsed_and_other_lines_ignored():
@@ -51,8 +51,29 @@ def test_the_plain_view_prints_one_line_per_trial():
 
 def test_the_counts_name_engine_failures_and_overruns_instead_of_calling_them_crashes():
     from runner.live import _counts
-    from runner.loop import RunSummary
+    from runner.ledger import RunSummary
     summary = RunSummary(tag="t", run_dir=Path("."), counts={"keep": 1, "crash": 1, "infra": 3, "over_budget": 1})
     assert _counts(summary) == "keep 1  discard 0  failed 5 (crash 1, infra 3, over_budget 1)  rejected 0"
     assert _counts(RunSummary(tag="t", run_dir=Path("."), counts={"crash": 2})) == \
         "keep 0  discard 0  failed 2  rejected 0"
+
+
+def test_the_live_view_shows_every_trial_in_flight_with_its_own_phase_and_progress():
+    view = LiveView(Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None))
+    view.run_started({"tag": "t", "branch": "autoresearch/t", "proposer": "openai", "image": "img"})
+    view.trial_started(4, "candidate")
+    view.trial_started(5, "candidate")
+    view.trial_phase(4, "training", "seed 1337")
+    view.trial_line(4, "step=9 loss=2.1000 progress=0.5 remaining_s=30.0")
+    view.trial_phase(5, "evaluating", "seed 1337")
+    view.phase("proposing", "openai")                       # the run's own phase, beside both
+    panel = io.StringIO()
+    Console(file=panel, width=120, color_system=None).print(view._render())
+    shown = panel.getvalue()
+    assert "4 (candidate)" in shown and "5 (candidate)" in shown and "step 9  loss 2.1000  remaining 30.0 s" in shown
+    assert "training seed 1337" in shown and "evaluating seed 1337" in shown and "proposing openai" in shown
+    view.trial_finished(TrialRecord(4, "candidate", "discard", "x", val_bpb=1.0, best_bpb_before=0.9),
+                        summary(keep=1, discard=1))
+    panel = io.StringIO()
+    Console(file=panel, width=120, color_system=None).print(view._render())
+    assert "4 (candidate)" not in panel.getvalue() and "5 (candidate)" in panel.getvalue()

@@ -1,6 +1,8 @@
 """The patch policy: only allowed files, small diffs, and a hard refusal for every way out of train.py."""
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +140,11 @@ def test_writing_into_a_submodule_is_refused(linked_repo):
     assert tree["vendored"] == "160000"
     rules = PatchRules(allowed_files=["train.py", "vendored/x.py"])
     assert "submodule vendored" in refused({"vendored/x.py": "y\n"}, rules=rules, tree=tree)
+
+
+def test_the_patch_policy_imports_no_proposer():
+    """One way only: the openai proposer's reply format (runner.proposers.reply) uses the policy, never the reverse."""
+    probe = "import sys, runner.patch; print(sorted(m for m in sys.modules if m.startswith('runner.proposers')))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

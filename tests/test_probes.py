@@ -145,7 +145,7 @@ def test_a_model_that_reads_the_next_row_is_caught_by_the_batch_probe(data, tmp_
 
 
 def test_a_random_model_fails_the_determinism_probe_in_whichever_batch_shows_it_first():
-    # (an exported graph cannot draw random numbers: trainer/program.py refuses it; this is the probe's own check)
+    # (an exported graph cannot draw random numbers: trainer/safe_pt2.py refuses it; this is the probe's own check)
     x = torch.randint(1, VOCAB, (B, 16))
     pool = torch.randint(1, VOCAB, (5 * B, 16)).numpy()
     for seed in range(4):

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from runner.errors import ProposerError, UserError
-from runner.policy import Proposer as ProposerConfig
+from runner.policy import ProposerSettings
 from runner.proposers.base import Context
 from runner.proposers.openai_llm import OpenAIProposer
 from tests.llm_server import MODEL, search_replace
@@ -16,7 +16,7 @@ MISSES = search_replace("train.py", "MATRIX_LR = 0.4  # Muon lr\n", "MATRIX_LR =
 
 
 def proposer(server, slept=None, **cfg):
-    config = ProposerConfig(kind="openai", base_url=server.base_url, model=MODEL,
+    config = ProposerSettings(kind="openai", base_url=server.base_url, model=MODEL,
                             api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY", **{"timeout_seconds": 5, **cfg})
     return OpenAIProposer(config, backoff_base=0.01, sleep=(slept.append if slept is not None else time.sleep))
 
@@ -105,7 +105,7 @@ def test_an_auth_error_is_not_retried(llm_server):
 
 
 def test_a_refused_connection_is_a_proposer_error(llm_server):
-    config = ProposerConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model=MODEL, max_backoff_retries=1,
+    config = ProposerSettings(kind="openai", base_url="http://127.0.0.1:9/v1", model=MODEL, max_backoff_retries=1,
                             api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY")
     with pytest.raises(ProposerError, match="failed 2 times"):
         OpenAIProposer(config, backoff_base=0.01).propose(ctx())
@@ -114,4 +114,4 @@ def test_a_refused_connection_is_a_proposer_error(llm_server):
 def test_the_real_openai_endpoint_needs_a_key(monkeypatch):
     monkeypatch.delenv("AUTORESEARCH_TEST_NO_SUCH_KEY", raising=False)
     with pytest.raises(UserError, match=r"\$AUTORESEARCH_TEST_NO_SUCH_KEY"):
-        OpenAIProposer(ProposerConfig(kind="openai", api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY"))
+        OpenAIProposer(ProposerSettings(kind="openai", api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY"))

@@ -103,3 +103,17 @@ def test_an_over_budget_trial_is_a_failure_in_the_report_and_a_noisy_policy_is_n
     (led.dir / "run.json").write_text(json.dumps({"policy": noisy.model_dump()}))
     _, path = write(led.dir, "t")
     assert "can keep a change that does nothing" in path.read_text().splitlines()[2]
+
+
+def test_the_report_shows_every_slot_and_lists_stale_trials_with_their_reason():
+    from runner.ledger import TrialRecord
+    from runner.report import markdown
+    recs = [TrialRecord(0, "baseline", "keep", "baseline", val_bpb=1.0, commit="a" * 40, slot="0",
+                        training_seconds=30.0),
+            TrialRecord(1, "candidate", "keep", "x", val_bpb=0.9, best_bpb_before=1.0, commit="b" * 40, slot="1",
+                        training_seconds=31.0),
+            TrialRecord(2, "candidate", "stale", "y", val_bpb=0.95, best_bpb_before=0.9, commit="c" * 40, slot="0",
+                        training_seconds=29.0, reason="beat the best but its change does not apply onto the newer best")]
+    md = markdown("t", recs)
+    assert "| 0 | 2 | 59 |" in md and "| 1 | 1 | 31 |" in md
+    assert "| 2 | stale | y | beat the best but its change does not apply onto the newer best |" in md

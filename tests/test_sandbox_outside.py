@@ -9,7 +9,7 @@ import time
 import pytest
 
 from runner.sandbox import classify, containers
-from runner.sandbox.classify import Verdict
+from runner.sandbox.classify import Failure
 from trainer.harness import launch
 
 KILL = [{"action": "kill", "signal": "9", "exit_code": None}, {"action": "die", "signal": None, "exit_code": "137"}]
@@ -23,50 +23,50 @@ PAUSE_THEN_DEADLINE = [{"action": "pause", "signal": None, "exit_code": None},
 SELF_KILL = [{"action": "die", "signal": None, "exit_code": "137"}]
 OOM = [{"action": "oom", "signal": None, "exit_code": None}, {"action": "die", "signal": None, "exit_code": "137"}]
 
-CRASH = Verdict("crash", "train.py exited with code 137: (no output)")
-OVER = Verdict("over_budget", "train.py was still running 90 s after its hand-over and was killed")
+CRASH = Failure("crash", "train.py exited with code 137: (no output)")
+OVER = Failure("over_budget", "train.py was still running 90 s after its hand-over and was killed")
 
 
 @pytest.mark.parametrize("events, verdict, host_killed, removed, want", [
-    (KILL, CRASH, False, False, Verdict("infra", "the train container was killed from outside (docker kill, "
+    (KILL, CRASH, False, False, Failure("infra", "the train container was killed from outside (docker kill, "
                                                  "signal 9), not by the candidate")),
-    (STOP, CRASH, False, False, Verdict("infra", "the train container was stopped from outside (docker stop), "
+    (STOP, CRASH, False, False, Failure("infra", "the train container was stopped from outside (docker stop), "
                                                  "not by the candidate")),
-    (RM_F, CRASH, False, False, Verdict("infra", "the train container was removed from outside (docker rm), not "
+    (RM_F, CRASH, False, False, Failure("infra", "the train container was removed from outside (docker rm), not "
                                                  "by the candidate")),
-    ([], CRASH, False, True, Verdict("infra", "the train container was removed from outside (docker rm), not by "
+    ([], CRASH, False, True, Failure("infra", "the train container was removed from outside (docker rm), not by "
                                               "the candidate")),          # gone, its events already evicted
     (SELF_KILL, CRASH, False, False, CRASH),              # the candidate's own SIGKILL: no API call, stays a crash
-    (OOM, Verdict("oom", "x"), False, False, Verdict("oom", "x")),        # OOM stays oom
-    (KILL[:1] + OOM, Verdict("oom", "x"), False, False, Verdict("oom", "x")),
+    (OOM, Failure("oom", "x"), False, False, Failure("oom", "x")),        # OOM stays oom
+    (KILL[:1] + OOM, Failure("oom", "x"), False, False, Failure("oom", "x")),
     (KILL, OVER, True, False, OVER),                      # the host's own deadline kill stays over_budget
-    (PAUSE_THEN_DEADLINE, OVER, True, False, Verdict("infra", "the train container was paused from outside "
+    (PAUSE_THEN_DEADLINE, OVER, True, False, Failure("infra", "the train container was paused from outside "
                                                               "(docker pause), not by the candidate")),
-    (PAUSE_THEN_DEADLINE[:1], Verdict("export_failed", "x"), False, False, Verdict("export_failed", "x")),  # a pause
+    (PAUSE_THEN_DEADLINE[:1], Failure("export_failed", "x"), False, False, Failure("export_failed", "x")),  # a pause
     (KILL, None, False, False, None),                     # a clean exit (a kill it ignored) needs no verdict
-    (KILL, Verdict("ok"), False, False, Verdict("ok")),
+    (KILL, Failure("ok"), False, False, Failure("ok")),
 ])
 def test_the_train_phase_ended_from_outside_is_infra(events, verdict, host_killed, removed, want):
     assert classify.outside_verdict(verdict, events, role="train", host_killed=host_killed, removed=removed) == want
 
 
 def test_an_eval_container_killed_from_outside_is_infra_and_one_killed_by_its_model_a_crash():
-    crash = Verdict("crash", "the evaluator died from signal 9 on the exported model: (no output)")
-    assert classify.outside_verdict(crash, KILL, role="eval") == Verdict(
+    crash = Failure("crash", "the evaluator died from signal 9 on the exported model: (no output)")
+    assert classify.outside_verdict(crash, KILL, role="eval") == Failure(
         "infra", "the eval container was killed from outside (docker kill, signal 9), not by the candidate")
     assert classify.outside_verdict(crash, SELF_KILL, role="eval") == crash
-    timeout = Verdict("timeout", "evaluating the exported model ran past 90 s and was killed")
+    timeout = Failure("timeout", "evaluating the exported model ran past 90 s and was killed")
     assert classify.outside_verdict(timeout, KILL, role="eval", host_killed=True) == timeout
 
 
 def test_a_holder_that_no_longer_runs_is_infra_with_its_cause():
     assert classify.holder_verdict(True, []) is None
-    assert classify.holder_verdict(False, RM_F) == Verdict(
+    assert classify.holder_verdict(False, RM_F) == Failure(
         "infra", "the holder container, which keeps the trial's outputs, was removed from outside (docker rm), not "
                  "by the candidate")
     assert classify.holder_verdict(False, [], removed=True).error.startswith(
         "the holder container, which keeps the trial's outputs, was removed from outside (docker rm)")
-    assert classify.holder_verdict(False, [{"action": "die", "signal": None, "exit_code": "137"}]) == Verdict(
+    assert classify.holder_verdict(False, [{"action": "die", "signal": None, "exit_code": "137"}]) == Failure(
         "infra", "the holder container, which keeps the trial's outputs, was ended from outside, not by the candidate")
 
 
@@ -77,7 +77,7 @@ def _exit(code, timed_out=False):
 
 def test_the_launchers_exit_3_is_infra_only_when_train_py_never_started():
     tail = "launch: no train.py was handed over at /work/train.py within 7200 s; the runner hands it over when ..."
-    assert classify.launch_verdict(_exit(3), launched=False, log_tail=tail) == Verdict(
+    assert classify.launch_verdict(_exit(3), launched=False, log_tail=tail) == Failure(
         "infra", f"the launcher never started train.py (exit 3, the host's hand-over failed): {tail}")
     assert classify.launch_verdict(_exit(3), launched=True, log_tail=tail) is None     # train.py's own exit 3
     assert classify.launch_verdict(_exit(1), launched=False) is None

@@ -13,7 +13,8 @@ import pytest
 
 from runner.sandbox import cleanup, spec
 from runner.sandbox.slot import Standby
-from runner.trial import TrialSpec, run_trial
+from runner.executor import TrialSpec
+from runner.sandbox.trial import run_trial
 from tests.sandbox_kit import REAL_TRAIN_PY, TEST_RUN_PREFIX, candidate, policy
 
 pytestmark = pytest.mark.docker
@@ -31,8 +32,8 @@ def _trial(tmp_path, image, data, pol, tag, standby, seed, on_phase=None, trial_
     spec_ = TrialSpec(run_tag=tag, trial_id=trial_id or uuid.uuid4().hex[:8],
                       candidate_dir=candidate(tmp_path, source or REAL_TRAIN_PY.read_text()),
                       data_dir=data, policy=pol, image=image, seed=seed,
-                      work_dir=Path(tmp_path) / f"work-{uuid.uuid4().hex[:6]}", standby=standby)
-    return run_trial(spec_, on_line=on_line, on_phase=on_phase)
+                      work_dir=Path(tmp_path) / f"work-{uuid.uuid4().hex[:6]}")
+    return run_trial(spec_, on_line=on_line, on_phase=on_phase, standby=standby)
 
 
 def _shares(client, container) -> int:

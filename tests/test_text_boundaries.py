@@ -12,15 +12,17 @@ from rich.console import Console
 from runner.cli import main
 from runner.ledger import Ledger, TrialRecord, results_tsv
 from runner.live import LiveView, PlainView
-from runner.loop import Run, RunConfig, summarize
+from runner.ledger import summarize
+from runner.loop import Loop
+from runner.runs import RunConfig
 from runner.policy import Policy
 from runner.proposers.base import Proposal
 from runner.report import markdown
-from runner.trial import TrialOutcome
+from runner.executor import TrialOutcome
 from runner.workspace import init_repo
 from trainer.shards import atomic_write_json
 
-from tests.loop_fakes import TRAIN, FakeTrial, Scripted, set_score
+from tests.loop_fakes import TRAIN, FakeExecutor, Scripted, set_score
 from tests.test_text import raw_controls
 
 # What a hostile candidate or reply carries: a clipboard write, a screen clear, a hyperlink, a C1 CSI, a bidi
@@ -152,12 +154,12 @@ def hostile_refusal(ctx):
     return Proposal({}, "(no usable reply)", raw_reply=PAYLOAD, error=f"reply unusable: {PAYLOAD}")
 
 
-class HostileTrial(FakeTrial):
-    """The fake trial of tests/loop_fakes, but a crashing candidate prints PAYLOAD and fails with it."""
+class HostileExecutor(FakeExecutor):
+    """The fake executor of tests/loop_fakes, but a crashing candidate prints PAYLOAD and fails with it."""
 
-    def __call__(self, spec, on_line=None, on_phase=None):
+    def run(self, spec, on_line=None, on_phase=None):
         if "HOSTILE" not in (spec.candidate_dir / "train.py").read_text():
-            return super().__call__(spec, on_line, on_phase)
+            return super().run(spec, on_line, on_phase)
         for line in (f"step=1\x1b[2J loss={PAYLOAD}", PAYLOAD, "tab\there"):
             on_line(line)
         return TrialOutcome("crash", log_tail=f"Traceback\n{PAYLOAD}", image_digest="sha256:fake",
@@ -172,8 +174,8 @@ def hostile_run(tmp_path):
     atomic_write_json(data / "manifest.json", {"schema": "autoresearch.data/1", "files": {}})
     stream = io.StringIO()
     cfg = RunConfig(repo=repo, tag="t", data_dir=data, policy=Policy(), max_trials=3, image="img:test")
-    Run(cfg, trial_fn=HostileTrial(), proposer=Scripted(set_score(0.9), hostile_proposal, hostile_refusal),
-        events=PlainView(stream), cleanup=lambda tag: None).run()
+    Loop(cfg, executor=HostileExecutor(), proposer=Scripted(set_score(0.9), hostile_proposal, hostile_refusal),
+        events=PlainView(stream)).run()
     return repo, repo / "runs" / "t", stream.getvalue()
 
 
@@ -208,7 +210,7 @@ def test_status_reproduce_and_report_show_a_hostile_ledger_escaped(hostile_run, 
 
 def test_doctor_shows_an_endpoints_hostile_model_names_escaped(tmp_path, llm_server, monkeypatch, capsys):
     import tests.llm_server
-    monkeypatch.setattr(tests.llm_server, "MODEL", f"m\x1b]52;c;ZXZpbA==\x07\u202e[bold]x")
+    monkeypatch.setattr(tests.llm_server, "MODEL", "m\x1b]52;c;ZXZpbA==\x07\u202e[bold]x")
     policy = tmp_path / "p.yaml"
     policy.write_text(f"proposer:\n  kind: openai\n  base_url: {llm_server.base_url}\n  model: test-model\n"
                       "  api_key_env: AUTORESEARCH_TEST_NO_SUCH_KEY\n")

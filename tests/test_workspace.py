@@ -157,3 +157,22 @@ def test_the_export_is_a_read_only_copy_of_the_commit_not_a_checkout(repo, tmp_p
     assert sorted(p.name for p in out.iterdir()) == ["train.py"]
     mode = stat.S_IMODE((out / "train.py").stat().st_mode)
     assert mode == 0o444
+
+
+def test_uncommitted_names_edited_new_and_deleted_files_but_not_a_committed_link(tmp_path):
+    repo = tmp_path / "r"
+    init_repo(repo, {"train.py": "a = 1\n", "program.md": "p\n", "gone.py": "x\n"})
+    os.symlink("train.py", repo / "link.py")
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "add", "link.py"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "-c",
+                    "core.hooksPath=/dev/null", "commit", "-q", "-m", "link"], check=True)
+    ws = Workspace(repo)
+    head = ws.head_commit()
+    paths = ["train.py", "program.md", "gone.py", "link.py", "new.py"]
+    assert ws.uncommitted(head, paths) == []
+    (repo / "train.py").write_text("a = 2\n")
+    (repo / "gone.py").unlink()
+    (repo / "new.py").write_text("n\n")
+    (repo / "link.py").unlink()
+    os.symlink("program.md", repo / "link.py")
+    assert ws.uncommitted(head, paths) == ["gone.py", "link.py", "new.py", "train.py"]

@@ -1,9 +1,10 @@
 """The trusted evaluator: score an exported model on the validation split, in bits per byte, after proving it fair.
 
 TRUSTED CODE (baked into the trial image, run in its own container). It never imports or unpickles agent-written
-Python: the model arrives as a torch.export archive that trainer/program.py checks, rebuilds and loads without
-running any pickle, generated guard code or non-torch callable (see that module's docstring for what
-torch.export.load itself would execute, and docs/result-schema.md). Imports: torch, numpy, pyyaml, stdlib.
+Python: the model arrives as a torch.export archive that the safe .pt2 loader (trainer/safe_pt2.py) checks,
+rebuilds and loads without running any pickle, generated guard code or non-torch callable (see that module's
+docstring for what torch.export.load itself would execute, and docs/result-schema.md). Imports: torch, numpy,
+pyyaml, stdlib.
 
     python -m trainer.evaluate --model M.pt2 --data DATA --preset P --out RESULT.json [--device cpu|cuda]
                                [--probe-seed N] [--wait-for-model S]
@@ -16,11 +17,12 @@ Steps: verify DATA/val and DATA/tokenizer against DATA/manifest.json; lay out th
 load and check the model against the TRUSTED shapes (seq_len and eval_batch_size from trainer/presets.yaml,
 vocab_size from tokenizer.json, never from the model); score every batch and, right after each scoring pass, run
 the fairness probes on that batch against its logits (trainer/probes.py; a failure ends the evaluation); write ONE
-result.json (schema "autoresearch.result/1", docs/result-schema.md) atomically.
+result.json atomically, checked against its schema first (trainer.contract.check_result, docs/result-schema.md).
 
-Exit status: 0 whenever a result was written, whatever its status (ok, violation, invalid_model); 2 for a usage
-error (unknown preset); 3 when it could not run at all (missing or corrupt val data, no CUDA device): a one-line
-message on stderr, no result, and the runner reports an infrastructure failure.
+Exit status (trainer.contract): EVAL_OK (0) whenever a result was written, whatever its status (ok, violation,
+invalid_model); EVAL_USAGE (2) for a usage error (unknown preset); EVAL_CANNOT_RUN (3) when it could not run at
+all (missing or corrupt val data, no CUDA device): a one-line message on stderr, no result, and the runner
+reports an infrastructure failure.
 """
 from __future__ import annotations
 
@@ -39,18 +41,19 @@ import torch
 import yaml
 
 from . import bpb, probes
-from .harness import cpu_threads, first_math_calls, keep_freed_memory
-from .harness.launch import exit_now, wait_for
-from .program import InvalidModel, load_program, warm_up
+from .contract import (EVAL_CANNOT_RUN, EVAL_OK, EVAL_USAGE, PROBE_NAMES, SCHEMA, STATUSES,  # noqa: F401
+                       check_result)
+from .process import cpu_threads, exit_now, first_math_calls, keep_freed_memory, wait_for
+from .safe_pt2 import InvalidModel, load_program, warm_up
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
                      manifest_sha256, sha256_file, shard_paths, verify)
 
-SCHEMA = "autoresearch.result/1"
-STATUSES = ("ok", "violation", "invalid_model")
 EVALUATOR_VERSION = "1"
 PRESETS_FILE = Path(__file__).resolve().parent / "presets.yaml"
-PROBE_NAMES = ("determinism", "batch_independence", "causality")
-EXIT_OK, EXIT_USAGE, EXIT_CANNOT_RUN = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_CANNOT_RUN = EVAL_OK, EVAL_USAGE, EVAL_CANNOT_RUN
+# every file that can change a score, hashed into evaluator_version (relative to trainer/)
+SCORING_FILES = ("evaluate.py", "contract.py", "process.py", "safe_pt2.py", "safe_pt2_archive.py",
+                 "safe_pt2_graph.py", "graph_ops.py", "probes.py", "bpb.py", "shards.py", "presets.yaml")
 
 
 class SetupError(Exception):
@@ -58,9 +61,9 @@ class SetupError(Exception):
 
 
 def evaluator_version() -> str:
-    """'1+<sha256 of the evaluator's sources, 12 hex>': ties a result to the exact scoring code."""
+    """'1+<sha256 of SCORING_FILES, 12 hex>': ties a result to the exact scoring code and shapes."""
     h = hashlib.sha256()
-    for name in ("evaluate.py", "program.py", "probes.py", "bpb.py", "shards.py"):
+    for name in SCORING_FILES:
         h.update((Path(__file__).resolve().parent / name).read_bytes())
     return f"{EVALUATOR_VERSION}+{h.hexdigest()[:12]}"
 
@@ -155,7 +158,7 @@ def wait_for_model(path: Path, wait_s: float, poll_s: float = 0.02) -> float:
 
     The runner starts the eval container while the model is still training, with the lowest CPU weight (so this
     never slows the training), and renames the model into a directory mounted read-only here once training is
-    over. The warm-up (program.warm_up: a tiny trusted model through the loader) runs on a thread while the main
+    over. The warm-up (safe_pt2.warm_up: a tiny trusted model through the loader) runs on a thread while the main
     thread watches for the file.
     """
     t0 = time.perf_counter()
@@ -284,117 +287,6 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
     return finish("ok")
 
 
-# --------------------------------------------------------------------------- the schema, checked
-
-_PROBE_KEYS = {"passed", "max_abs_diff", "evidence", "positions", "rows", "batches"}
-_SECTIONS = {  # section -> {field: (kind, nullable)}; kind: "str", "int", "num" (finite int or float), "nums"
-    "data": {"manifest_sha256": ("str", True), "bpb_floor": ("num", True), "source": ("str", True),
-             "baselines": ("nums", False)},
-    "model": {"sha256": ("str", True), "bytes": ("int", True), "num_params": ("int", True)},
-    "timings": {k: ("num", True) for k in ("data_s", "load_s", "probe_s", "eval_s", "total_s")},
-    "versions": {"torch": ("str", False), "python": ("str", False), "evaluator": ("str", False)},
-}
-
-
-def _short(v) -> str:
-    return type(v).__name__ if isinstance(v, (dict, list)) else str(v)[:40]
-
-
-def _is(v, kind: str) -> bool:
-    if isinstance(v, bool):
-        return False
-    if kind == "str":
-        return isinstance(v, str)
-    if kind == "int":
-        return isinstance(v, int)
-    if kind == "num":
-        return isinstance(v, int) or isinstance(v, float) and math.isfinite(v)
-    if kind == "ints":
-        return isinstance(v, list) and all(_is(x, "int") for x in v)
-    if kind == "nums":
-        return isinstance(v, dict) and all(_is(x, "num") for x in v.values())
-    raise ValueError(kind)
-
-
-def check_result(obj) -> list[str]:
-    """Problems with a result object against schema autoresearch.result/1 (empty list: valid). Never raises."""
-    errs: list[str] = []
-
-    def field(where: str, v, kind: str, nullable: bool = False) -> None:
-        if not (v is None and nullable) and not _is(v, kind):
-            errs.append(f"{where} must be {kind}{' or null' if nullable else ''}, got {_short(v)}")
-
-    if not isinstance(obj, dict):
-        return ["result must be a JSON object"]
-    top = {"schema", "status", "val_bpb", "val_loss", "eval_tokens", "eval_bytes", "preset", "seq_len",
-           "eval_batch_size", "vocab_size", "device", "probes", "data", "model", "timings", "versions", "error"}
-    if set(obj) != top:
-        return [f"keys differ from the schema: missing {sorted(top - set(obj))}, "
-                f"extra {sorted(str(k)[:40] for k in set(obj) - top)}"]
-    if obj["schema"] != SCHEMA:
-        errs.append(f"schema must be {SCHEMA!r}, got {_short(obj['schema'])}")
-    if not isinstance(obj["status"], str) or obj["status"] not in STATUSES:
-        errs.append(f"status must be one of {STATUSES}, got {_short(obj['status'])}")
-    ok = obj["status"] == "ok"
-    for key in ("val_bpb", "val_loss"):
-        if ok and not (_is(obj[key], "num") and obj[key] > 0):
-            errs.append(f"{key} must be a positive number when status is ok, got {_short(obj[key])}")
-        if not ok and obj[key] is not None:
-            errs.append(f"{key} must be null unless status is ok, got {_short(obj[key])}")
-    for key in ("eval_tokens", "eval_bytes", "vocab_size"):
-        field(key, obj[key], "int", nullable=not ok)
-    for key in ("seq_len", "eval_batch_size"):
-        field(key, obj[key], "int")
-    field("preset", obj["preset"], "str")
-    if obj["device"] not in ("cpu", "cuda") or not isinstance(obj["device"], str):
-        errs.append(f"device must be cpu or cuda, got {_short(obj['device'])}")
-    if ok and obj["error"] is not None:
-        errs.append("error must be null when status is ok")
-    field("error", obj["error"], "str", nullable=ok)
-    pr = obj["probes"]
-    if not isinstance(pr, dict) or set(pr) != {"seed", "tolerance", "causality_passes", "miss_bound", *PROBE_NAMES}:
-        errs.append(f"probes must hold exactly seed, tolerance, causality_passes, miss_bound and "
-                    f"{', '.join(PROBE_NAMES)}")
-    else:
-        field("probes.seed", pr["seed"], "int", nullable=not ok)
-        field("probes.tolerance", pr["tolerance"], "num")
-        field("probes.causality_passes", pr["causality_passes"], "int", nullable=not ok)
-        field("probes.miss_bound", pr["miss_bound"], "num", nullable=not ok)
-        for name in PROBE_NAMES:
-            r = pr[name]
-            if r is None:
-                if ok:
-                    errs.append(f"probes.{name} must be present when status is ok")
-                continue
-            if not isinstance(r, dict) or set(r) != _PROBE_KEYS:
-                errs.append(f"probes.{name} must hold exactly {', '.join(sorted(_PROBE_KEYS))}")
-                continue
-            if not isinstance(r["passed"], bool):
-                errs.append(f"probes.{name}.passed must be true or false, got {_short(r['passed'])}")
-            field(f"probes.{name}.max_abs_diff", r["max_abs_diff"], "num", nullable=r["passed"] is False)
-            field(f"probes.{name}.evidence", r["evidence"], "str")
-            field(f"probes.{name}.positions", r["positions"], "ints")
-            field(f"probes.{name}.rows", r["rows"], "ints")
-            field(f"probes.{name}.batches", r["batches"], "int")
-            if ok and _is(r["batches"], "int") and r["batches"] < 1:
-                errs.append(f"probes.{name}.batches must be at least 1 when status is ok")
-            if ok and r["passed"] is not True:
-                errs.append(f"probes.{name} did not pass but status is ok")
-        if obj["status"] == "violation" and not any(isinstance(pr[n], dict) and pr[n].get("passed") is False
-                                                    for n in PROBE_NAMES):
-            errs.append("status is violation but no probe failed")
-    for section, fields in _SECTIONS.items():
-        sec = obj[section]
-        if not isinstance(sec, dict) or set(sec) != set(fields):
-            errs.append(f"{section} must hold exactly {', '.join(sorted(fields))}")
-            continue
-        for k, (kind, nullable) in fields.items():
-            field(f"{section}.{k}", sec[k], kind, nullable)
-            if section == "timings" and _is(sec[k], "num") and sec[k] < 0:
-                errs.append(f"timings.{k} must not be negative")
-    return errs
-
-
 # --------------------------------------------------------------------------- CLI
 
 def _summary(res: dict) -> str:
@@ -420,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         torch.set_num_threads(cpu_threads())   # the container's CPU quota, not the host's core count
         keep_freed_memory()                     # each forward pass reuses the last one's pages
-    first_math_calls()                          # before any parallel op: a racy first call made pass 1 differ
+    first_math_calls()                          # before any parallel op (trainer/process.py)
     try:
         res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed, args.wait_for_model)
     except SetupError as e:

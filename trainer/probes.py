@@ -11,7 +11,7 @@ leaked future tokens through differences below the tolerance could gain at most 
 
 Where. Every eval batch is probed, the BOS-padded last one included, right after its scoring pass, in the content
 and shape it is scored in. The scoring pass's log-probs are the reference, so each probe pass costs one forward
-pass. The model sees one batch per call and keeps no state (trainer/program.py), so it cannot tell a probe pass
+pass. The model sees one batch per call and keeps no state (trainer/safe_pt2.py), so it cannot tell a probe pass
 from a scoring pass except by the tokens a probe changed. Per batch, in order (`Prober.batch`):
 
 1. determinism (one batch per evaluation, picked at random): the batch again -> identical log-probs.

@@ -1,4 +1,13 @@
-"""Proposers: where candidate changes come from (`mutate`: offline; `openai`: any OpenAI-compatible LLM). TRUSTED."""
+"""Proposers: where candidate changes come from (`mutate`: offline; `openai`: any OpenAI-compatible LLM). TRUSTED.
+
+    base        what a proposer is handed (`Context`) and hands back (`Proposal`); the `Proposer` protocol
+    mutate      the offline proposer: one UPPER_CASE hyperparameter nudged
+    openai_llm  the LLM proposer: asks, retries, backs off
+    prompt      what the LLM is shown
+    reply       the LLM's reply format (DESCRIPTION line, SEARCH/REPLACE blocks), parsed and applied
+Whatever proposer made it, a proposal then meets the patch policy (runner.patch), which imports no proposer.
+The policy's `proposer` section (runner.policy.ProposerSettings) configures them.
+"""
 from __future__ import annotations
 
 from ..errors import UserError

@@ -80,6 +80,7 @@ def _fmt_float(x: float) -> str:
 
 class MutateProposer:
     name = "mutate"
+    instant = True          # answers at once: the loop asks on demand (runner.proposals), nothing to hide
 
     def __init__(self, path: str = "train.py"):
         self.path = path

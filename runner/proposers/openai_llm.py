@@ -3,9 +3,9 @@
 Works with OpenAI, vLLM, llama.cpp's server, Ollama (anything serving /v1/chat/completions): `base_url`, `model`
 and the environment variable holding the key come from the policy's `proposer` section.
 
-Per trial: send the prompt (`prompt.messages`); parse and apply the reply (`runner.patch`); when it does not parse
-or apply, send the error back and ask again, at most `max_retries` times, after which the trial is rejected with
-the last error. Transport failures are retried with exponential backoff (honouring Retry-After): 429, 5xx,
+Per trial: send the prompt (`prompt.messages`); parse and apply the reply (`runner.proposers.reply`); when it
+does not parse or apply, send the error back and ask again, at most `max_retries` times, after which the trial is
+rejected with the last error. Transport failures are retried with exponential backoff (honouring Retry-After): 429, 5xx,
 timeouts (`timeout_seconds` per call) and refused connections, at most `max_backoff_retries` times; after that, or
 on any other HTTP error (401, 404, ...), a `ProposerError` stops the run (the trial has no ledger line, so
 --resume runs it again). Token usage and time of every call are summed into `Proposal.usage`.
@@ -17,14 +17,13 @@ import time
 
 import openai
 
-from .. import patch
 from ..errors import ProposerError, UserError
-from ..policy import Proposer as ProposerConfig
-from . import prompt
+from ..policy import ProposerSettings
+from . import prompt, reply
 from .base import Context, Proposal
 
 
-def make_client(cfg: ProposerConfig) -> openai.OpenAI:
+def make_client(cfg: ProposerSettings) -> openai.OpenAI:
     key = os.environ.get(cfg.api_key_env)
     if not key:
         if cfg.base_url is None:
@@ -37,7 +36,7 @@ def make_client(cfg: ProposerConfig) -> openai.OpenAI:
 class OpenAIProposer:
     name = "openai"
 
-    def __init__(self, cfg: ProposerConfig, *, client: openai.OpenAI | None = None, backoff_base: float = 1.0,
+    def __init__(self, cfg: ProposerSettings, *, client: openai.OpenAI | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, sleep=time.sleep):
         self.cfg = cfg
         self.client = client or make_client(cfg)
@@ -54,21 +53,21 @@ class OpenAIProposer:
                  "retries": 0, "backoffs": 0, "model": self.cfg.model}
         msgs = prompt.messages(ctx, self.cfg.history)
         error = ""
-        reply = ""
+        text = ""
         for attempt in range(self.cfg.max_retries + 1):
             usage["retries"] = attempt
-            reply = self._complete(msgs, usage)
+            text = self._complete(msgs, usage)
             try:
-                parsed = patch.parse_reply(reply)
-                files = patch.apply_blocks(ctx.files, parsed.blocks, known=set(ctx.allowed_files))
+                parsed = reply.parse_reply(text)
+                files = reply.apply_blocks(ctx.files, parsed.blocks, known=set(ctx.allowed_files))
                 if all(ctx.files.get(p) == t for p, t in files.items()):
-                    raise patch.PatchError("the blocks change nothing (every REPLACE equals its SEARCH)")
-                return Proposal(files=files, description=parsed.description, usage=usage, raw_reply=reply)
-            except patch.PatchError as e:
+                    raise reply.ReplyError("the blocks change nothing (every REPLACE equals its SEARCH)")
+                return Proposal(files=files, description=parsed.description, usage=usage, raw_reply=text)
+            except reply.ReplyError as e:
                 error = str(e)
-                msgs = msgs + [{"role": "assistant", "content": reply},
+                msgs = msgs + [{"role": "assistant", "content": text},
                                {"role": "user", "content": prompt.retry_message(error)}]
-        return Proposal(files={}, description="(no usable reply)", usage=usage, raw_reply=reply,
+        return Proposal(files={}, description="(no usable reply)", usage=usage, raw_reply=text,
                         error=f"reply unusable after {self.cfg.max_retries + 1} tries: {error}")
 
     def _complete(self, msgs: list[dict], usage: dict) -> str:

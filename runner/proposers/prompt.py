@@ -3,7 +3,7 @@
 TRUSTED CODE. What goes in (history rows come from our own ledger; log tails are the untrusted trial's output and
 are shown to the model as data, truncated, in a code fence longer than any backtick run in them, so they cannot
 close their own quote):
-    system:  the role, the rules of the sandbox, and the reply format of `runner.patch` (documented there)
+    system:  the role, the rules of the sandbox, and the reply format of `runner.proposers.reply` (documented there)
     user:    program.md, each allowed file of the current best commit in full, the recent trials as a table with
              status, val_bpb and description, and the log tail of recent failed trials
 On a reply that does not parse or apply, the reply and a one-line error go back for another try (`retry_message`).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from ..decision import REJECTED
 from ..ledger import FAILED
 from .base import Context
 
@@ -52,7 +53,7 @@ def history_table(rows: list[dict], limit: int) -> str:
         best = f"{r['best_bpb_before']:.6f}" if r.get("best_bpb_before") is not None else "-"
         desc = " ".join(str(r.get("description", "")).split())
         reason = " ".join(str(r.get("reason", "")).split())
-        if r.get("status") in ("rejected", *FAILED):
+        if r.get("status") in (REJECTED, *FAILED):
             desc = f"{desc} [{reason[:160]}]" if reason else desc
         lines.append(f"| {r.get('trial')} | {r.get('status')} | {bpb} | {best} | {desc.replace('|', '/')} |")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 The engine answers `GET /containers/{id}/archive?path=...` with a stat of the path (a header) and a tar stream of
 it. A file is taken only if the archive holds exactly one regular file of at most max_bytes (no link, directory,
-device, FIFO, sparse or second member). What this protects against, besides the file's content:
+device, FIFO, sparse or second member). Besides the file's content, it guarantees:
 
   host disk  the stream is parsed as it arrives and the file's bytes go straight into their destination: no copy of
              the archive is ever stored, and the bytes are counted as they are written (never trusting a size the
@@ -10,8 +10,8 @@ device, FIFO, sparse or second member). What this protects against, besides the 
              file's holes into zeros; runs of zeros (whole BLOCKs) are written back as holes, so a sparse file costs
              the host about what it cost the container.
   the engine the engine holds the container's lock while it sends an archive, until the client has read all of it
-             or closed the connection; a refused file's connection is closed at once (a multi-GB sparse file left
-             unread would otherwise hang the container's removal for minutes).
+             or closed the connection; the connection is always closed when the copy ends, a refused file's at
+             once, so a hostile file never holds up the container's removal.
 
 `read_one_file` is the parser on its own (any iterable of chunks), for tests on crafted archives.
 """

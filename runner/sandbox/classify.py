@@ -11,7 +11,7 @@ quota of `cpu_quota_cores`). Killed at the deadline (budget + allowance), or eit
 with ENGINE_SLACK_S for its own lag), or CPU time over quota x budget + the CPU allowance -> over_budget: the
 candidate trained longer than everyone else may, whatever its own process believed its budget was. It is never
 kept. A measure that could not be taken (None) decides nothing; the host's clock is always there.
-train phase: killed at the deadline -> over_budget; OOMKilled -> oom; exit 86 (the harness's EXPORT_FAILED) ->
+train phase: killed at the deadline -> over_budget; OOMKilled -> oom; exit EXPORT_FAILED (86, trainer.contract) ->
 export_failed; any other non-zero exit -> crash; exit 0 but no usable model.pt2 -> export_failed.
 eval phase (trusted code on the candidate's exported model): timeout -> timeout; OOMKilled -> oom; killed by a
 signal -> crash (the model crashed the loader); any other non-zero exit -> infra (the evaluator exits non-zero
@@ -20,31 +20,31 @@ status invalid_model -> export_failed; violation -> violation; ok -> ok.
 from outside (`outside_verdict`, `holder_verdict`, `launch_verdict`, judged last): a container that the engine
 says was killed, stopped or removed by an API call the host did not make (an operator's `docker kill`, the
 engine's own), or paused while its time ran out, or a holder that no longer runs (it only sleeps: nothing of the
-candidate's can end it), or a launcher that exited 3 without ever starting train.py (the host's hand-over
-failed) -> infra, naming the cause. A candidate that kills itself makes no such event (crash); OOM stays oom;
-the host's own deadline kill (the runner's or its watchdog's) stays over_budget / timeout.
+candidate's can end it), or a launcher that exited NO_CANDIDATE (3, trainer.contract) without ever printing
+LAUNCHED_LINE (the host's hand-over failed) -> infra, naming the cause. A candidate that kills itself makes no
+such event (crash); OOM stays oom; the host's own deadline kill (the runner's or its watchdog's) stays
+over_budget / timeout.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-EXPORT_FAILED = 86          # trainer.harness.EXPORT_FAILED (the image's harness exits with it)
+from trainer.contract import EXPORT_FAILED, NO_CANDIDATE  # noqa: F401 - also read here by runner.sandbox.trial
+from trainer.contract import last_line as _last_line
+
 STATUSES = ("ok", "crash", "timeout", "over_budget", "oom", "export_failed", "violation", "infra")
 ENGINE_SLACK_S = 1.0        # the engine's FinishedAt may trail the exit (and the host's hand-over stamp) by this
-NO_CANDIDATE = 3            # trainer.harness.launch.NO_CANDIDATE: the launcher got no train.py (or no seed) in time
 NOT_BLAMED = ("ok", "oom")  # statuses an outside event does not change (nor a clean train exit's None verdict)
 TIME_STATUSES = ("timeout", "over_budget")   # what a pause from outside can cause
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Failure:
+    """A phase's outcome: a trial status and its one-line reason (status "ok" comes only from eval_verdict)."""
     status: str
     error: str = ""
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,23 @@ class TrainTime:
 
 
 def train_time_verdict(t: TrainTime, *, budget_s: float, allowance_s: float,
-                       cpu_allowance_s: float | None = None) -> Verdict | None:
+                       cpu_allowance_s: float | None = None) -> Failure | None:
     """over_budget when the train phase outlived budget + allowance by either clock, or used more CPU time than
     quota x budget + cpu_allowance_s (when given and measured); None otherwise."""
     deadline = budget_s + allowance_s
     rule = (f"the budget of {budget_s:g} s plus the start-up and export allowance of {allowance_s:g} s; stop "
             "when run.progress reaches 1 and export promptly")
     if t.killed:
-        return Verdict("over_budget", f"train.py was still running {deadline:g} s after its hand-over and was "
+        return Failure("over_budget", f"train.py was still running {deadline:g} s after its hand-over and was "
                                       f"killed: over {rule}")
     if t.host_s is not None and t.host_s > deadline:
-        return Verdict("over_budget", f"the train phase took {t.host_s:.1f} s on the host's clock, over {rule}")
+        return Failure("over_budget", f"the train phase took {t.host_s:.1f} s on the host's clock, over {rule}")
     if t.engine_s is not None and t.engine_s > deadline + ENGINE_SLACK_S:
-        return Verdict("over_budget", f"the train phase took {t.engine_s:.1f} s on the engine's clock, over {rule}")
+        return Failure("over_budget", f"the train phase took {t.engine_s:.1f} s on the engine's clock, over {rule}")
     if cpu_allowance_s is not None and t.cpu_s is not None and t.cpu_quota_cores:
         cpu_max = t.cpu_quota_cores * budget_s + cpu_allowance_s
         if t.cpu_s > cpu_max:
-            return Verdict("over_budget", f"the train container used {t.cpu_s:.1f} CPU seconds, over {cpu_max:g} "
+            return Failure("over_budget", f"the train container used {t.cpu_s:.1f} CPU seconds, over {cpu_max:g} "
                                           f"({t.cpu_quota_cores:g} cores x the budget of {budget_s:g} s plus the "
                                           f"CPU allowance of {cpu_allowance_s:g} s); stop when run.progress "
                                           "reaches 1 and export promptly")
@@ -82,48 +82,48 @@ def train_time_verdict(t: TrainTime, *, budget_s: float, allowance_s: float,
 
 
 def train_verdict(exit, *, deadline_s: float, memory: str, log_tail: str = "",
-                  export_error: str = "") -> Verdict | None:
+                  export_error: str = "") -> Failure | None:
     """None when train.py ended with exit 0 (the model still has to be fetched and checked). A run past the
     deadline is judged by train_time_verdict first; a kill at the deadline is over_budget here too."""
     if exit.timed_out:
-        return Verdict("over_budget", f"train.py was still running {deadline_s:g} s after its hand-over and was "
+        return Failure("over_budget", f"train.py was still running {deadline_s:g} s after its hand-over and was "
                                       "killed; stop when run.progress reaches 1 and export promptly")
     if exit.oom_killed:
-        return Verdict("oom", f"train.py exceeded the memory limit of {memory} and was killed (OOM); "
+        return Failure("oom", f"train.py exceeded the memory limit of {memory} and was killed (OOM); "
                               "use a smaller model or batch")
     if exit.engine_error:
-        return Verdict("infra", f"the engine could not run the train container: {exit.engine_error}")
+        return Failure("infra", f"the engine could not run the train container: {exit.engine_error}")
     if exit.exit_code == EXPORT_FAILED:
         why = _last_line(export_error) if export_error.strip() else _last_line(log_tail)
-        return Verdict("export_failed", f"train.py could not export the model (exit 86): {why}")
+        return Failure("export_failed", f"train.py could not export the model (exit {EXPORT_FAILED}): {why}")
     if exit.exit_code != 0:
-        return Verdict("crash", f"train.py exited with code {exit.exit_code}: {_last_line(log_tail)}")
+        return Failure("crash", f"train.py exited with code {exit.exit_code}: {_last_line(log_tail)}")
     return None
 
 
 def eval_verdict(exit, *, timeout_s: float, memory: str, log_tail: str = "", result: dict | None = None,
-                 result_error: str = "") -> Verdict:
+                 result_error: str = "") -> Failure:
     if exit.timed_out:
-        return Verdict("timeout", f"evaluating the exported model ran past {timeout_s:g} s and was killed")
+        return Failure("timeout", f"evaluating the exported model ran past {timeout_s:g} s and was killed")
     if exit.oom_killed:
-        return Verdict("oom", f"evaluating the exported model exceeded the memory limit of {memory} (OOM)")
+        return Failure("oom", f"evaluating the exported model exceeded the memory limit of {memory} (OOM)")
     if exit.engine_error:
-        return Verdict("infra", f"the engine could not run the eval container: {exit.engine_error}")
+        return Failure("infra", f"the engine could not run the eval container: {exit.engine_error}")
     if exit.exit_code is not None and exit.exit_code >= 128:
-        return Verdict("crash", f"the evaluator died from signal {exit.exit_code - 128} on the exported model: "
+        return Failure("crash", f"the evaluator died from signal {exit.exit_code - 128} on the exported model: "
                                 f"{_last_line(log_tail)}")
     if exit.exit_code != 0:
-        return Verdict("infra", f"the evaluator could not run (exit {exit.exit_code}): {_last_line(log_tail)}; "
+        return Failure("infra", f"the evaluator could not run (exit {exit.exit_code}): {_last_line(log_tail)}; "
                                 "check the data directory and rebuild the image")
     if result_error or result is None:
-        return Verdict("infra", f"result.json rejected: {result_error or 'missing'}")
+        return Failure("infra", f"result.json rejected: {result_error or 'missing'}")
     status = result["status"]
     reason = str(result.get("error") or result.get("reason") or "").strip()[:300]
     if status == "ok":
-        return Verdict("ok")
+        return Failure("ok")
     if status == "invalid_model":
-        return Verdict("export_failed", f"the exported model is invalid: {reason or 'see result.json'}")
-    return Verdict("violation", f"the model failed a fairness probe: {reason or 'see result.json'}")
+        return Failure("export_failed", f"the exported model is invalid: {reason or 'see result.json'}")
+    return Failure("violation", f"the model failed a fairness probe: {reason or 'see result.json'}")
 
 
 def _outside_cause(events: list[dict], *, host_killed: bool, removed: bool, paused_counts: bool) -> str:
@@ -140,8 +140,8 @@ def _outside_cause(events: list[dict], *, host_killed: bool, removed: bool, paus
     return ""
 
 
-def outside_verdict(verdict: Verdict | None, events: list[dict], *, role: str, host_killed: bool = False,
-                    removed: bool = False) -> Verdict | None:
+def outside_verdict(verdict: Failure | None, events: list[dict], *, role: str, host_killed: bool = False,
+                    removed: bool = False) -> Failure | None:
     """`verdict` (a phase's verdict, None for a clean train exit), or infra when the engine's events for the
     `role` container (runner.sandbox.containers.engine_events: dicts with "action", "signal") show it was ended
     from outside. host_killed: the host killed it at its deadline, so the kill events are the host's own.
@@ -152,24 +152,24 @@ def outside_verdict(verdict: Verdict | None, events: list[dict], *, role: str, h
                            paused_counts=verdict.status in TIME_STATUSES)
     if not cause:
         return verdict
-    return Verdict("infra", f"the {role} container was {cause}, not by the candidate")
+    return Failure("infra", f"the {role} container was {cause}, not by the candidate")
 
 
-def holder_verdict(running: bool, events: list[dict], *, removed: bool = False) -> Verdict | None:
+def holder_verdict(running: bool, events: list[dict], *, removed: bool = False) -> Failure | None:
     """infra when the slot's holder (it keeps the output volumes mounted and only sleeps) no longer runs, naming
     the cause from its events; None while it runs."""
     if running:
         return None
     cause = _outside_cause(events, host_killed=False, removed=removed, paused_counts=False) or "ended from outside"
-    return Verdict("infra", f"the holder container, which keeps the trial's outputs, was {cause}, not by the "
+    return Failure("infra", f"the holder container, which keeps the trial's outputs, was {cause}, not by the "
                             "candidate")
 
 
-def launch_verdict(exit, *, launched: bool, log_tail: str = "") -> Verdict | None:
+def launch_verdict(exit, *, launched: bool, log_tail: str = "") -> Failure | None:
     """infra when the launcher exited NO_CANDIDATE without ever starting train.py (its LAUNCHED_LINE, printed
     before any candidate code, never came): the host's hand-over failed. A train.py that exits 3 itself ran after
     that line, so it stays a crash."""
     if launched or exit.timed_out or exit.exit_code != NO_CANDIDATE:
         return None
-    return Verdict("infra", f"the launcher never started train.py (exit {NO_CANDIDATE}, the host's hand-over "
+    return Failure("infra", f"the launcher never started train.py (exit {NO_CANDIDATE}, the host's hand-over "
                             f"failed): {_last_line(log_tail)}")

@@ -4,7 +4,10 @@ file out. TRUSTED CODE (host side).
 Everything a container prints or writes is hostile input here: log lines are cut to a fixed length and delivered
 at a bounded rate on a daemon thread (a slow or hanging callback cannot stall the runner), and a file is copied
 out only if the engine's archive holds exactly one regular file under the size cap (no links, no devices, no
-directories). Wall times are the engine's own State.StartedAt / State.FinishedAt.
+directories). Wall times are the engine's own State.StartedAt / State.FinishedAt. The lines the pump watches for
+are trainer.contract's: LAUNCHED_LINE comes before any candidate code, so it cannot be withheld (its absence
+means the hand-over failed); EXPORTING_LINE and progress lines are hints a candidate can fake or withhold, used
+for scheduling and benchmarks only.
 
 Who ended a container: the engine's events (`engine_events`). A kill, stop, pause or removal is an API call, which
 nothing inside a container can make (no container gets the engine's socket), so such an event that the host did
@@ -21,16 +24,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from trainer.contract import EXPORTING_LINE, LAUNCHED_LINE, is_step_line
+
 from . import archive
 
 MAX_LINE = 2000             # characters kept of one log line
 LINES_PER_SECOND = 50       # on_line callbacks per second at most; the rest are counted as dropped
 TAIL_LINES = 200            # lines the pump keeps for the log tail
 KILL_GRACE_S = 10           # how long to wait for the engine to confirm a kill
-EXPORTING_LINE = "harness: exporting model.pt2"   # the harness's line as its export starts (trainer/harness/export.py)
-LAUNCHED_LINE = "launch: running train.py"        # the launcher's line just before train.py runs (trainer/harness/
-                                                  # launch.py): printed before any candidate code, so it cannot be
-                                                  # withheld; its absence means the hand-over failed
 ENGINE_EVENTS = ("kill", "stop", "pause", "destroy", "die", "oom")   # what engine_events asks for
 MAX_EVENTS = 100            # events read for one container at most
 
@@ -75,7 +76,7 @@ class LogPump:
     on_line: Callable[[str], None] | None = None
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
     dropped: int = 0
-    first_step_at: float | None = None    # host monotonic time of the first "step=" line (benchmarks)
+    first_step_at: float | None = None    # host monotonic time of the first progress line (benchmarks)
     on_exporting: Callable[[], None] | None = None   # called once, on the pump's thread, at the first EXPORTING_LINE
     exporting_at: float | None = None     # host monotonic time of that line
     launched_at: float | None = None      # host monotonic time of the launcher's LAUNCHED_LINE
@@ -99,7 +100,7 @@ class LogPump:
                 for raw in lines:
                     line = raw.decode("utf-8", "replace").rstrip("\r")[:MAX_LINE]
                     self.tail.append(line)
-                    if self.first_step_at is None and line.startswith("step="):
+                    if self.first_step_at is None and is_step_line(line):
                         self.first_step_at = time.monotonic()
                     if self.launched_at is None and line == LAUNCHED_LINE:
                         self.launched_at = time.monotonic()

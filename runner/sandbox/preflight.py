@@ -1,7 +1,8 @@
 """Preflight: check the Docker engine before any trial starts. TRUSTED CODE (host side).
 
-Each check gives a `Check` (name, ok, detail, fix) so `autoresearch doctor` can print them all; `preflight()`
-raises the first failure as one line (InfraError for the engine, UserError for what the user must do).
+Each check gives a `PreflightCheck` (name, ok, detail, fix) so `autoresearch doctor` can print them all (its own
+checks of the repository, data and endpoint use the same record); `preflight()` raises the first failure as one
+line (InfraError for the engine, UserError for what the user must do).
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ LABEL_RUN = "autoresearch.run"
 
 
 @dataclass(frozen=True)
-class Check:
+class PreflightCheck:
+    """One named readiness check: ok, what was found, and the fix when it failed."""
     name: str
     ok: bool
     detail: str
     fix: str = ""
+
+
 
 
 def connect(timeout: float = 120):
@@ -45,40 +49,42 @@ def _api_tuple(version: str) -> tuple[int, int]:
         return (0, 0)
 
 
-def checks(policy=None, image: str | None = None, client=None) -> list[Check]:
+def checks(policy=None, image: str | None = None, client=None) -> list[PreflightCheck]:
     """Every check that applies; stops early when the engine cannot be reached."""
     out = []
     try:
         client = client or connect(CONNECT_TIMEOUT_S)
     except InfraError as e:
-        return [Check("engine", False, str(e), "start dockerd, or run .ci/setup-docker.sh")]
+        return [PreflightCheck("engine", False, str(e), "start dockerd, or run .ci/setup-docker.sh")]
     try:
         version = client.version()
         info = client.info()
     except Exception as e:  # noqa: BLE001 - any engine failure is reported, not raised
-        return [Check("engine", False, f"the engine answered ping but not version/info: {e}", "restart dockerd")]
-    out.append(Check("engine", True, f"Docker Engine {version.get('Version', '?')} at {client.api.base_url}"))
+        return [PreflightCheck("engine", False, f"the engine answered ping but not version/info: {e}",
+                               "restart dockerd")]
+    out.append(PreflightCheck("engine", True, f"Docker Engine {version.get('Version', '?')} at {client.api.base_url}"))
     api = version.get("ApiVersion", "0.0")
     need = ".".join(map(str, MIN_API))
-    out.append(Check("api", _api_tuple(api) >= MIN_API, f"API {api} (need >= {need})",
-                     "upgrade Docker Engine to 19.03 or newer"))
+    out.append(PreflightCheck("api", _api_tuple(api) >= MIN_API, f"API {api} (need >= {need})",
+                              "upgrade Docker Engine to 19.03 or newer"))
     if image:
         import docker.errors
         try:
             img = client.images.get(image)
-            out.append(Check("image", True, f"{image} = {img.id[:19]}"))
+            out.append(PreflightCheck("image", True, f"{image} = {img.id[:19]}"))
         except docker.errors.ImageNotFound:
             flavour = "cuda" if ":cuda-" in image else "cpu"
-            out.append(Check("image", False, f"trial image {image} is not in the engine",
-                             f"run `autoresearch build --flavour {flavour}`"))
+            out.append(PreflightCheck("image", False, f"trial image {image} is not in the engine",
+                                      f"run `autoresearch build --flavour {flavour}`"))
     if policy is not None and policy.wants_gpu:
         runtimes = sorted((info.get("Runtimes") or {}).keys())
         ok = "nvidia" in runtimes
         have = ", ".join(runtimes) or "none"
-        out.append(Check("gpu", ok, f"policy wants GPU {policy.gpu!r} but the engine's runtimes are: {have}"
-                         if not ok else f"policy wants GPU {policy.gpu!r}; engine runtimes: {have}",
-                         "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`"
-                         ", then restart dockerd (or set gpu: none in the policy)"))
+        detail = (f"policy wants GPU {policy.gpu!r} but the engine's runtimes are: {have}" if not ok
+                  else f"policy wants GPU {policy.gpu!r}; engine runtimes: {have}")
+        out.append(PreflightCheck("gpu", ok, detail,
+                                  "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure "
+                                  "--runtime=docker`, then restart dockerd (or set gpu: none in the policy)"))
     return out
 
 

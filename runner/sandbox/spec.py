@@ -14,14 +14,14 @@ kwargs. Three containers per trial, all from the pinned trial image, all hardene
              read-only here and empty until the host renames its checked copy of the model into it
              (`--wait-for-model`).
 
+The mount points, file names and environment names are trainer.contract's, shared with the image's code.
+
 Both the train and the eval container start before their input exists (runner/sandbox/slot.py: the next
 trial's containers start while the current one trains), so their imports and warm-up are off the critical path.
-While they wait they have a very low CPU weight (cpu_shares 2 for the evaluator, the lowest there is, and 16 for
-the launcher, against 1024 for a running trial), so they take next to no CPU from a training or an evaluation;
-the host raises the weight to the default when it hands their input over. The launcher's is the higher of the
-two because its train.py is needed first: with equal weights the two shared the idle CPU, and the launcher's
-unfinished imports delayed the next trial's first step (docs/benchmarks.md).
-One train and one eval container per trial, as before.
+While they wait they have a very low CPU weight (WAITING_EVAL_CPU_SHARES, WAITING_TRAIN_CPU_SHARES, against
+RUNNING_CPU_SHARES for a running trial), so they take next to no CPU from a training or an evaluation; the host
+raises the weight to the default when it hands their input over. The launcher's is the higher of the two
+because its train.py is needed first (docs/benchmarks.md). Exactly one train and one eval container per trial.
 
 Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
 no-new-privileges, a non-root uid:gid, pids/memory(=memory+swap)/CPU limits, init, capped json-file logs, no core
@@ -48,6 +48,9 @@ import re
 from pathlib import Path
 
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
+
+from trainer.contract import (DATA_DIR, ENV_BUDGET_S, ENV_DATA, ENV_DEVICE, ENV_MAX_STEPS, ENV_OUT, ENV_PRESET,
+                              MODEL_DIR, MODEL_IN, OUT_DIR, RESULT_FILE, WORK_DIR)
 
 LABEL_RUN = "autoresearch.run"
 LABEL_TRIAL = "autoresearch.trial"
@@ -87,11 +90,9 @@ SECCOMP_REMOVED = {
                                "settimeofday", "stime", "clock_settime", "clock_settime64"],
 }
 
-TRAIN_DIR = "/work"
-MODEL_DIR = "/in"
-MODEL_IN = f"{MODEL_DIR}/model.pt2"
-DATA = "/data"
-OUT = "/out"
+TRAIN_DIR = WORK_DIR                # the contract's mount points, under the names this module has always used
+DATA = DATA_DIR
+OUT = OUT_DIR
 
 
 def labels(run_tag: str, trial_id: str, role: str) -> dict[str, str]:
@@ -149,8 +150,10 @@ def hardening(policy, *, image: str, name: str, labels: dict[str, str]) -> dict:
         "log_config": LogConfig(type=LogConfig.types.JSON, config={"max-size": LOG_MAX_SIZE, "max-file": "1"}),
         "ulimits": [Ulimit(name="core", soft=0, hard=0)],
         "hostname": "trial",
-        "working_dir": "/work",
+        "working_dir": TRAIN_DIR,
     }
+    if lim.cpuset:
+        kwargs["cpuset_cpus"] = lim.cpuset
     if policy.wants_gpu:
         kwargs["device_requests"] = device_requests(policy)
     return kwargs
@@ -190,16 +193,16 @@ def holder(policy, *, image: str, name: str, labels: dict[str, str], volumes: di
 def train_env(policy) -> dict[str, str]:
     """The train container's environment; the seed is the trial's and comes with the candidate (launch.py)."""
     env = {
-        "AUTORESEARCH_DATA": DATA,
-        "AUTORESEARCH_OUT": OUT,
-        "AUTORESEARCH_PRESET": policy.preset,
-        "AUTORESEARCH_BUDGET_S": f"{policy.train.budget_seconds:g}",
-        "AUTORESEARCH_DEVICE": "cuda" if policy.wants_gpu else "cpu",
+        ENV_DATA: DATA,
+        ENV_OUT: OUT,
+        ENV_PRESET: policy.preset,
+        ENV_BUDGET_S: f"{policy.train.budget_seconds:g}",
+        ENV_DEVICE: "cuda" if policy.wants_gpu else "cpu",
         "OMP_NUM_THREADS": str(threads(policy)),
         "MKL_NUM_THREADS": str(threads(policy)),
     }
     if policy.train.max_steps is not None:
-        env["AUTORESEARCH_MAX_STEPS"] = str(policy.train.max_steps)
+        env[ENV_MAX_STEPS] = str(policy.train.max_steps)
     return env
 
 
@@ -231,7 +234,7 @@ def train(policy, *, image: str, name: str, labels: dict[str, str], train_dir: P
 def eval_command(policy) -> list[str]:
     wait = STANDBY_MAX_S + policy.train.deadline_seconds + policy.eval.timeout_seconds   # a backstop only
     return ["python", "-m", "trainer.evaluate", "--model", MODEL_IN, "--data", DATA, "--preset", policy.preset,
-            "--out", f"{OUT}/result.json", "--device", "cuda" if policy.wants_gpu else "cpu",
+            "--out", f"{OUT}/{RESULT_FILE}", "--device", "cuda" if policy.wants_gpu else "cpu",
             "--wait-for-model", f"{wait:g}"]
 
 

@@ -1,13 +1,12 @@
 """A slot's watchdog: a host process, not the runner, that keeps the slot's containers inside their deadlines.
 TRUSTED CODE (host side).
 
-What it protects against: a runner that dies (kill -9, the OOM killer, a closed terminal) or stops (SIGSTOP, a hung
-engine call) while its trial's container runs. The runner kills a container at its deadline itself, but only while
-it is alive and responsive; without this, a never-ending candidate ran on until a later `--resume` of the same tag
-removed it. The watchdog is a separate host process in its own session: nothing in a container can see, signal or
-trace it (an in-container watchdog of the trial's uid could be stopped or ptraced by the candidate), and a ^C or a
-kill of the runner's process group does not reach it. It uses the standard library only (HTTP over the engine's
-socket), so it starts in a few milliseconds and takes no CPU while it waits.
+It enforces the slot's deadlines, and removes the slot, when the runner cannot: when it died (kill -9, the OOM
+killer, a closed terminal) or stopped (SIGSTOP, a hung engine call) while its trial's container runs. The runner
+kills a container at its deadline itself, but only while it is alive and responsive. The watchdog is a separate
+host process in its own session: nothing in a container can see, signal or trace it, and a ^C or a kill of the
+runner's process group does not reach it. It uses the standard library only (HTTP over the engine's socket) and
+takes no CPU while it waits. Its place among the sandbox's defences: runner.sandbox (covered / not covered).
 
     wd = Watchdog.start(run_tag=..., slot_id=..., volumes=[...], marker_dir=slot.dir, max_life_s=...)
     wd.containers(holder=id, train=id, eval=id)   # the slot's containers, once created
@@ -33,7 +32,7 @@ and it acts on three things:
                           The holder (`sleep infinity`) has no other backstop while a runner lives but hangs.
 A normal end costs one process start and a few bytes: `done` makes it exit without a single engine call, and the
 runner reaps it (Slot.remove), so no process of ours is left when a run ends. A runner that dies leaves it for
-as long as removing the slot takes (about a second; 5 s on a 2-core machine at load 15).
+as long as removing the slot takes.
 
 It imports only os, select, sys and time up front (its start-up is most of its cost), the rest where needed.
 Engine: $DOCKER_HOST as docker-py reads it: unix://PATH (default /var/run/docker.sock) or tcp://HOST:PORT

@@ -2,7 +2,7 @@
 
 `run_hostile_loop` builds an experiment repository (the real trainer/train.py, committed), starts the scripted
 OpenAI-compatible server of tests/llm_server.py on 127.0.0.1 with one reply per attack, and runs the real loop
-(`runner.loop.Run`: the `openai` proposer with the real client, the patch policy, git, the real trial in the
+(`runner.loop.Loop`: the `openai` proposer with the real client, the patch policy, git, the real trial in the
 real engine) for exactly one trial per attack after one baseline. Attack k is trial k (trial 0 is the baseline).
 
 One baseline serves every attack, so the whole list costs one real training plus a few seconds of container per
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from runner.ledger import Ledger, TrialRecord
-from runner.loop import Run, RunConfig
+from runner.loop import Loop
+from runner.runs import RunConfig
 from runner.workspace import Workspace, init_repo
 from tests.llm_server import MODEL, LLMServer, search_replace
 from tests.sandbox_kit import REAL_TRAIN_PY, policy
@@ -143,7 +144,8 @@ def loop_policy(base_url: str, **overrides):
         "patch": {"max_diff_lines": 2000, "allowed_files": ["train.py", LINKED]},
         "decision": {"min_delta": 0.0},
         "proposer": {"kind": "openai", "base_url": base_url, "model": MODEL, "api_key_env": "OPENAI_API_KEY",
-                     "timeout_seconds": 30, "max_retries": 0, "max_backoff_retries": 0, "history": 10},
+                     "timeout_seconds": 30, "max_retries": 0, "max_backoff_retries": 0, "history": 10,
+                     "ahead": 0},           # on demand: each prompt holds the previous trial's result
     }
     for key, value in overrides.items():
         sections[key] = {**sections.get(key, {}), **value}
@@ -179,8 +181,8 @@ def run_hostile_loop(root: Path, attacks: list[Attack], *, image: str, data_dir:
             pol = loop_policy(server.base_url, **(policy_overrides or {}))
             fds0, rss0, kids0 = open_fds(), rss_mb(), children()
             try:
-                Run(RunConfig(repo=repo, tag=tag, data_dir=Path(data_dir), policy=pol, proposer="openai",
-                              max_trials=len(attacks), image=image)).run()
+                Loop(RunConfig(repo=repo, tag=tag, data_dir=Path(data_dir), policy=pol, proposer="openai",
+                               max_trials=len(attacks), image=image)).run()
             except Exception as e:  # noqa: BLE001 - recorded; each test asserts on what it needs
                 error = e
             deadline = time.monotonic() + CHILDREN_EXIT_S

@@ -15,7 +15,8 @@ import subprocess
 
 import pytest
 
-from runner.loop import LOG_TAIL_CHARS, MAX_LOG_BYTES
+from runner.ledger import LOG_TAIL_CHARS
+from runner.runs import MAX_LOG_BYTES
 from runner.sandbox.cleanup import leftovers
 from tests.adversarial import hostile as H
 from tests.adversarial.hostile_models import FORGED

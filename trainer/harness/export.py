@@ -4,10 +4,11 @@ TRUSTED CODE, part of the harness baked into the trial image; not the agent's to
 
 The exported program maps idx (eval_batch_size, seq_len) int64 -> logits (eval_batch_size, seq_len, vocab_size)
 float32 with static shapes, and is written with torch.export.save to OUT/model.pt2 (via a temporary name, so a
-crash never leaves a file that looks complete). The evaluator loads it with torch.export.load and never imports
-the agent's Python. The export runs in eval mode under no_grad, and the model's output is cast to float32 (a bf16
-model still exports). Any failure writes OUT/export_error.txt (one line) and exits with EXPORT_FAILED (86), which
-the runner reports as `export_failed`.
+crash never leaves a file that looks complete). The evaluator loads it with its safe .pt2 loader (trainer/safe_pt2.py)
+and never imports the agent's Python. The export runs in eval mode under no_grad, and the model's output is cast to
+float32 (a bf16 model still exports). EXPORTING_LINE is printed as the export starts; any failure writes
+OUT/export_error.txt (one line) and exits with EXPORT_FAILED (86), which the runner reports as `export_failed`
+(both in trainer.contract).
 
 CPU is the tested path. On CUDA the program is exported on the GPU as is (untested on the development machines,
 which have no GPU); the evaluator can move it to another device if it needs to.
@@ -22,10 +23,8 @@ from pathlib import Path
 
 import torch
 
-EXPORT_FAILED = 86
-MODEL_FILE = "model.pt2"
-ERROR_FILE = "export_error.txt"
-EXPORTING_LINE = "harness: exporting model.pt2"   # the runner starts the next trial's containers when it sees this
+from trainer.contract import EXPORT_ERROR_FILE as ERROR_FILE
+from trainer.contract import EXPORT_FAILED, EXPORTING_LINE, MODEL_FILE
 
 
 class ExportError(Exception):

@@ -1,26 +1,19 @@
 """The embedded synthetic corpus: short English-like stories from a probabilistic grammar whose entropy is known.
 
-TRUSTED CODE (host only; never imported by the harness or the evaluator).
+TRUSTED CODE (host only; never imported by the harness or the evaluator). Every random decision goes through
+`Chooser.pick`, and the map from decisions to text is injective: the text reads back into exactly one sequence of
+decisions (tests prove it with `parse`, an exhaustive search). Hence log p(text) = sum of log p(decisions), and
+the manifest records the exact entropy of the validation text: the BPB floor that no model can beat.
 
-Every random decision goes through `Chooser.pick`, and the map from the sequence of decisions to the text is
-injective: the text can be read back into exactly one sequence of decisions (tests prove it with `parse`, an
-exhaustive search over all decision sequences). Hence log p(text) = sum of log p(decisions), and the manifest can
-record the exact entropy of the validation text: the BPB floor that no model can beat.
-
-What a model can learn from the stories, from easy to hard:
-- fixed template words and Zipfian word choices in each slot (most of the entropy);
-- choices conditioned on local context ("a"/"an", singular/plural, a movement verb that fits the animal);
-- characters introduced at the start with a first and a family name ("Lily Ross"), and referred to later by the
-  full name, a pronoun (whose gender follows the name) or "the <animal>"; a pronoun always means the subject of
-  the previous character sentence. The family name costs its bits once; every repeat is free to a model that copies
-  from earlier in the story (attention), and costs about 6 bits to one that cannot;
-- objects found earlier and given away later ("gave the kite to Ben Cole" picks among the objects found so far);
-- arithmetic, about once per story: "had 3 apples ... found 4 more ... Now she had 7 apples" (the result is free
-  for a model that adds).
-Copying and arithmetic are what a weak model learns last: they keep the data hard at short budgets (a plain GPT-2
-at 60 s is about 1.5x the floor; docs/benchmarks.md).
-The end of a story is paid for inside the text: the last sentence, and only the last, begins "In the end," and
-nothing follows its full stop, so the next token (BOS, which the evaluator does not charge) is certain.
+What a model can learn, from easy to hard: fixed template words and Zipfian word choices (most of the entropy);
+choices conditioned on local context ("a"/"an", singular/plural, a verb that fits the animal); characters named
+with a first and a family name ("Lily Ross") and referred to later by the full name, a pronoun (the subject of the
+previous character sentence) or "the <animal>", a repeat being free to a model that copies from earlier in the
+story (attention) and about 6 bits to one that cannot; objects found earlier and given away later; arithmetic,
+about once per story ("had 3 apples ... found 4 more ... Now she had 7 apples"). Copying and arithmetic are learnt
+last: they keep the data hard at short budgets (docs/benchmarks.md). The end of a story is paid for inside the
+text: only the last sentence begins "In the end," and nothing follows its full stop, so the next token (BOS, which
+the evaluator does not charge) is certain.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
       1. stage     copy the candidate's train.py into the trial's work dir (a regular file, read-only)
       2. slot      the trial's containers (runner/sandbox/slot.py): a holder that keeps two size-capped tmpfs
                    output volumes mounted, a train and an eval container, all started and waiting for their
-                   inputs. A run starts them while the previous trial trains (spec.standby); otherwise now
+                   inputs. A run starts them while the previous trial trains (`standby`); otherwise now
       3. train     hand train.py over (the trial starts here); the train container runs it until the deadline
                    (policy.train.deadline_seconds: budget + start-up and export allowance) counted from the
                    hand-over, its log lines streaming to on_line. Its time is measured outside it (host clock,
@@ -34,49 +34,25 @@ import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import InfraError, UserError
-from .result import MAX_RESULT_BYTES, ResultError, parse_result, parse_summary
-from .sandbox import cgroup, classify, cleanup, containers, preflight
-from .sandbox.slot import HOLD_EVAL, HOLD_TRAIN, Slot, Standby, open_slot
+from ..errors import InfraError, UserError
+from ..executor import TrialOutcome, TrialSpec
+from ..result import MAX_RESULT_BYTES, ResultError, parse_result, parse_summary
+from . import cgroup, classify, cleanup, containers, preflight
+from .slot import HOLD_EVAL, HOLD_TRAIN, Slot, Standby, open_slot
 
 EXPORT_ERROR_BYTES = 64 * 1024
 MAX_TRAIN_PY_BYTES = 4 << 20           # a candidate train.py larger than this is refused (crash)
 LOG_TAIL_LINES = 60
 
 
-@dataclass
-class TrialSpec:
-    run_tag: str
-    trial_id: str
-    candidate_dir: Path               # a read-only copy of the candidate commit's files (train.py is used)
-    data_dir: Path                    # prepared data: train/, val/, tokenizer/, manifest.json
-    policy: object                    # runner.policy.Policy
-    image: str                        # trial image tag (runner.images.expected_tag / build)
-    seed: int
-    work_dir: Path                    # host dir for this trial's files (train.py copy, result.json, logs)
-    keep_model: bool = False          # keep work_dir/model.pt2 after the trial (reproduce, debugging)
-    standby: Standby | None = None    # a run's slot started ahead: this trial takes it and starts the next one
-
-
-@dataclass
-class TrialOutcome:
-    status: str                       # ok | crash | timeout | over_budget | oom | export_failed | violation | infra
-    val_bpb: float | None = None      # only from the eval container's validated result.json
-    result: dict | None = None        # the validated result.json
-    train_summary: dict = field(default_factory=dict)   # train.py's own `key: value` block; informational only
-    log_tail: str = ""
-    timings: dict = field(default_factory=dict)         # engine StartedAt/FinishedAt per phase, seconds
-    image_digest: str | None = None   # the image id (sha256:...) the trial ran on
-    error: str = ""                   # one line when status != ok
-
-
 def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, client=None,
-              on_phase: Callable[[str], None] | None = None) -> TrialOutcome:
+              on_phase: Callable[[str], None] | None = None, standby: Standby | None = None) -> TrialOutcome:
+    """One trial (the module docstring); `standby`: a run's slot started ahead, which this trial takes (else it
+    starts its own) and whose next slot it starts as its export starts."""
     import docker.errors
     import requests
 
@@ -111,7 +87,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
 
         # 2. the slot: started ahead by the run and waiting, or started now
         t_slot = time.monotonic()
-        slot = spec.standby.take(policy, spec.image, spec.data_dir) if spec.standby else None
+        slot = standby.take(policy, spec.image, spec.data_dir) if standby else None
         out.timings["slot_prestarted"] = slot is not None
         if slot is None:
             slot = open_slot(client, policy, image=spec.image, data_dir=Path(spec.data_dir), run_tag=spec.run_tag,
@@ -122,7 +98,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         #    core idles then), or when it ends if it never says so
         if on_phase:
             on_phase("training")
-        next_slot = (lambda: spec.standby.prepare_soon(client)) if spec.standby else None
+        next_slot = (lambda: standby.prepare_soon(client)) if standby else None
         meter = cgroup.CpuMeter(slot.train).start()
         meter.mark()
         t_handed = slot.hand_over_candidate(train_py, spec.seed)
@@ -169,7 +145,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                                   dest=slot.model_part)
             out.timings["copy_model_s"] = round(time.monotonic() - t_copy, 3)
         except containers.RefusedFile as e:
-            verdict = _holder_gone(slot) or classify.Verdict("export_failed", f"train.py exited 0 but its model is "
+            verdict = _holder_gone(slot) or classify.Failure("export_failed", f"train.py exited 0 but its model is "
                                                                               f"unusable: {e}")
             return _finish(out, verdict.status, verdict.error, t0)
 
@@ -209,8 +185,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         if slot is not None:
             if spec.keep_model and slot.model.is_file():
                 os.replace(slot.model, work / "model.pt2")
-            if spec.standby:                                 # removed on the next slot's thread, or at close
-                spec.standby.discard(slot, client)
+            if standby:                                      # removed on the next slot's thread, or at close
+                standby.discard(slot, client)
             else:
                 errors = slot.remove(client)
                 if errors and out.status != "infra":

@@ -1,7 +1,7 @@
-"""The LLM reply format: parsed strictly, applied exactly, every malformed reply a one-line PatchError."""
+"""The openai proposer's reply format: parsed strictly, applied exactly, every malformed reply a one-line ReplyError."""
 import pytest
 
-from runner.patch import PatchError, apply_blocks, parse_reply
+from runner.proposers.reply import ReplyError, apply_blocks, parse_reply
 from tests.llm_server import search_replace
 
 TRAIN = "import torch\n\nMATRIX_LR = 0.04  # Muon lr\nDEPTH = 4  # blocks\n\nprint('train')\n"
@@ -43,30 +43,30 @@ def test_an_empty_replace_deletes_lines():
     ("DESCRIPTION: x\n<<<<<<< SEARCH\nA\n=======\nB\n>>>>>>> REPLACE\n", "outside a block"),
 ])
 def test_a_malformed_reply_is_a_one_line_error(reply, needle):
-    with pytest.raises(PatchError) as e:
+    with pytest.raises(ReplyError) as e:
         parse_reply(reply)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_search_that_is_missing_or_ambiguous_does_not_apply():
     missing = parse_reply(search_replace("train.py", "DEPTH = 8  # blocks\n", "DEPTH = 9\n", "x"))
-    with pytest.raises(PatchError, match="not found"):
+    with pytest.raises(ReplyError, match="not found"):
         apply_blocks({"train.py": TRAIN}, missing.blocks)
     twice = parse_reply(search_replace("train.py", "x = 1\n", "x = 2\n", "x"))
-    with pytest.raises(PatchError, match="found 2 times"):
+    with pytest.raises(ReplyError, match="found 2 times"):
         apply_blocks({"train.py": "x = 1\ny = 0\nx = 1\n"}, twice.blocks)
 
 
 def test_whitespace_must_match_exactly():
     reply = parse_reply(search_replace("train.py", "MATRIX_LR = 0.04 # Muon lr\n", "MATRIX_LR = 0.05\n", "x"))
-    with pytest.raises(PatchError, match="character for character"):
+    with pytest.raises(ReplyError, match="character for character"):
         apply_blocks({"train.py": TRAIN}, reply.blocks)
 
 
 def test_an_empty_search_creates_only_a_file_that_does_not_exist():
     create = parse_reply(search_replace("model.py", "", "X = 1\n", "new file"))
     assert apply_blocks({"train.py": TRAIN}, create.blocks, known={"train.py", "model.py"}) == {"model.py": "X = 1\n"}
-    with pytest.raises(PatchError, match="empty SEARCH"):
+    with pytest.raises(ReplyError, match="empty SEARCH"):
         apply_blocks({"train.py": TRAIN}, parse_reply(search_replace("train.py", "", "X\n", "x")).blocks)
 
 

@@ -14,8 +14,8 @@ Bases: `python:3.11-slim` from a registry for real users; on air-gapped and CI m
 packages from images/wheelhouse-FLAVOUR/ made by images/build-wheelhouse.sh. `airgapped=None` picks the local
 base when it exists.
 
-    python -m runner.images build --flavour cpu [--airgapped]    # prints the tag; used by .ci/setup-docker.sh
-    python -m runner.images tag --flavour cpu                     # the tag a build would make
+    python -m runner.sandbox.images build --flavour cpu [--airgapped]    # prints the tag; used by .ci/setup-docker.sh
+    python -m runner.sandbox.images tag --flavour cpu                     # the tag a build would make
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import InfraError, UserError
+from ..errors import InfraError, UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
 REPOSITORY = "autoresearch-trial"
 FLAVOURS = ("cpu", "cuda")
@@ -125,7 +125,7 @@ def tag_for(flavour: str, base: str) -> str:
 def expected_tag(flavour: str = "cpu", client=None) -> str:
     """The tag `build(flavour)` makes (or reuses) on this machine; what a policy with `image: null` runs."""
     if client is None:
-        from .sandbox.preflight import connect
+        from .preflight import connect
         client = connect()
     return tag_for(flavour, base_image(flavour, None, client))
 
@@ -143,7 +143,7 @@ def _image_or_none(client, ref: str):
 
 def find(flavour: str = "cpu", client=None) -> TrialImage | None:
     """The trial image for the current recipe, if it has been built; None otherwise."""
-    from .sandbox.preflight import connect
+    from .preflight import connect
     client = client or connect()
     base = base_image(flavour, None, client)
     tag = tag_for(flavour, base)
@@ -174,7 +174,7 @@ def build(flavour: str = "cpu", airgapped: bool | None = None,
     """Build (or reuse) the trial image. airgapped=True: the local debootstrap base and the wheelhouse, no network;
     False: python:3.11-slim and the package index; None: air-gapped when the local base exists."""
     import docker.errors
-    from .sandbox.preflight import connect
+    from .preflight import connect
     _check_flavour(flavour)
     client = client or connect()
     say = on_progress or (lambda line: None)
@@ -225,7 +225,7 @@ def build(flavour: str = "cpu", airgapped: bool | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runner.images", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m runner.sandbox.images", description=__doc__.split("\n")[0])
     ap.add_argument("action", choices=["build", "tag"])
     ap.add_argument("--flavour", choices=FLAVOURS, default="cpu")
     mode = ap.add_mutually_exclusive_group()
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.action == "tag":
-            from .sandbox.preflight import connect
+            from .preflight import connect
             print(tag_for(args.flavour, base_image(args.flavour, args.airgapped, connect())))
             return 0
         say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

@@ -1,0 +1,114 @@
+"""Benchmark: trials per hour with several slots, and the slot time lost to a slow proposer, side by side.
+
+Real runs (real git, real containers, the `cpu` preset, the `mutate` proposer), one configuration after another in
+one sitting:
+    1x2          one slot of 2 cores (what a run did before issue 17)
+    2x1          two slots of 1 core each, each pinned to its own core
+    slow-demand  one slot of 2 cores, a proposer that takes --slow s, proposals on demand (proposer.ahead 0)
+    slow-ahead   the same, the next proposal made while the trial trains (proposer.ahead 1)
+The slow proposer is the mutate proposer behind a sleep (the loop cannot tell it from an LLM that thinks).
+
+Per configuration, over its candidate trials (the baseline excluded): trials per hour, the share of slot time
+inside training budgets (host-measured training seconds / (slots x elapsed)), and the share of slot time a slot
+sat waiting for a proposal (the loop's `proposal_wait_s`).
+
+    python benchmarks/slots_throughput.py                    # 3 trials each at a 30 s budget
+    python benchmarks/slots_throughput.py --trials 10 --budget 60 --configs 1x2,2x1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_data import prepare_synthetic  # noqa: E402
+from runner.ledger import Ledger  # noqa: E402
+from runner.loop import Loop  # noqa: E402
+from runner.policy import load_policy  # noqa: E402
+from runner.proposers.mutate import MutateProposer  # noqa: E402
+from runner.runs import RunConfig  # noqa: E402
+from runner.sandbox import images  # noqa: E402 - builds the image the runs pin
+from runner.workspace import init_repo  # noqa: E402
+
+CONFIGS = {"1x2": dict(slots=1, cpus=2.0, ahead=1, slow=False), "2x1": dict(slots=2, cpus=1.0, ahead=2, slow=False),
+           "slow-demand": dict(slots=1, cpus=2.0, ahead=0, slow=True),
+           "slow-ahead": dict(slots=1, cpus=2.0, ahead=1, slow=True)}
+
+
+class SlowProposer(MutateProposer):
+    instant = False
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def propose(self, ctx):
+        time.sleep(self.seconds)
+        return super().propose(ctx)
+
+
+def policy_for(args, slots: int, cpus: float, ahead: int):
+    raw = load_policy(None).model_dump()
+    raw["train"] = {**raw["train"], "budget_seconds": args.budget, "allowance_seconds": 120}
+    raw["limits"] = {**raw["limits"], "cpus": cpus}
+    raw["decision"] = {**raw["decision"], "baseline_repeats": 1}
+    raw["proposer"] = {**raw["proposer"], "kind": "mutate", "ahead": ahead}
+    raw["slots"] = slots
+    return type(load_policy(None)).model_validate(raw)
+
+
+def one(name: str, args, data: Path, image: str, work: Path) -> dict:
+    c = CONFIGS[name]
+    policy = policy_for(args, c["slots"], c["cpus"], c["ahead"])
+    repo = work / name
+    init_repo(repo, {"train.py": resources.files("trainer").joinpath("train.py").read_text(),
+                     "program.md": "Lower val_bpb.\n", ".gitignore": "runs/\n"})
+    proposer = SlowProposer(args.slow) if c["slow"] else MutateProposer()
+    Loop(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials, image=image),
+         proposer=proposer).run()
+    cands = [r for r in Ledger(repo / "runs" / "bench").records() if r.kind == "candidate"]
+    t0 = min(r.started_at - r.timings.get("proposal_wait_s", 0.0) for r in cands)
+    elapsed = max(r.finished_at for r in cands) - t0
+    slot_s = c["slots"] * elapsed
+    train = sum((r.training_seconds or 0.0) + ((r.confirm or {}).get("training_seconds") or 0.0)
+                + ((r.rebased or {}).get("training_seconds") or 0.0) for r in cands)
+    waited = sum(r.timings.get("proposal_wait_s", 0.0) for r in cands)
+    return {"config": name, "trials": len(cands), "elapsed": elapsed, "per_hour": 3600 * len(cands) / elapsed,
+            "in_budget": 100 * train / slot_s, "proposal_wait": 100 * waited / slot_s,
+            "statuses": ", ".join(f"{s} {sum(r.status == s for r in cands)}" for s in
+                                  sorted({r.status for r in cands}))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=3, help="candidate trials per configuration (default 3)")
+    ap.add_argument("--budget", type=float, default=30.0, help="training budget in s (default 30)")
+    ap.add_argument("--slow", type=float, default=20.0, help="the slow proposer's seconds (default 20)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--data", type=Path, help="prepared data (default: synthetic, prepared into a temp dir)")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="slots-bench-"))
+    data = args.data or prepare_synthetic(work)
+    image = images.build("cpu").tag
+    rows = []
+    for name in args.configs.split(","):
+        rows.append(one(name, args, data, image, work))
+        print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
+    print(f"## Slots and proposer pipelining: `cpu` preset, {args.budget:.0f} s budget, {args.trials} candidate "
+          f"trials per configuration, slow proposer {args.slow:.0f} s\n")
+    print("| configuration | trials | elapsed s | trials/hour | slot time in budget | slot time waiting for a "
+          "proposal | outcomes |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['trials']} | {r['elapsed']:.0f} | {r['per_hour']:.1f} | {r['in_budget']:.1f}% | "
+              f"{r['proposal_wait']:.1f}% | {r['statuses']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

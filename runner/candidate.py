@@ -1,0 +1,193 @@
+"""One candidate's life, on its own thread while other slots train: check -> commit -> trial -> decision. TRUSTED.
+
+    run_candidate(loop, n, proposal, ctx, proposing_s, waited_s)   a new proposal (made ahead on ctx.parent)
+    rerun_candidate(loop, n, commit)                      a candidate a dead run committed but never recorded
+
+Invariants, with several trials in flight (the loop's lock guards the best, the ledger and the branch):
+- A candidate is committed on the best of the moment it was proposed (`proposed_on`); if the best moved before it
+  starts, its change is re-applied onto the new best first (git's three-way merge, `Workspace.merge`) and the
+  re-applied commit is what trains; a change that no longer applies is `stale`, without a trial.
+- It is judged against the best at decision time (`best_at_decision`), never the best it started from.
+- The branch only ever holds commits whose exact code was trained and scored: a candidate that beats the best but
+  whose parent is no longer the best is re-applied onto it and trained again (trials/<n>/rebased, the ref
+  refs/autoresearch/<tag>/rebased/<n>) before it can be kept; if it does not apply it is `stale`. The best can
+  move again meanwhile: after MAX_REAPPLY re-applications it is `stale` too.
+- With decision.confirm_wins an apparent win is re-run with another seed; a keep needs both runs (for a
+  re-applied candidate: the first run and the re-applied one) to beat the best by more than the threshold.
+"""
+from __future__ import annotations
+
+import time
+
+from . import decision, patch
+from .decision import DISCARD, KEEP, STALE
+from .ledger import TrialRecord, fill, number
+from .proposers import Context, Proposal
+from .runs import fresh_dir
+from .text import printable
+
+MAX_REAPPLY = 2      # re-applications onto a newer best before a winning candidate is recorded stale
+
+
+def run_candidate(loop, n: int, proposal: Proposal, ctx: Context, proposing_s: float,
+                  waited_s: float = 0.0) -> TrialRecord:
+    loop.events.trial_started(n, "candidate")
+    loop.events.trial_phase(n, "proposed", f"by {loop.proposer.name} in {proposing_s:.1f} s")
+    rec = _new_record(loop, n, ctx.parent, loop.proposer.name)
+    rec.timings["propose_s"] = round(proposing_s, 3)      # the proposer's own time (made ahead, maybe)
+    rec.timings["proposal_wait_s"] = round(waited_s, 3)   # what a free slot waited for it
+    tick = _Stopwatch(rec.timings)
+    trial_dir = fresh_dir(loop.dir / "trials" / str(n))
+    rec.description = patch.clean_description(proposal.description)
+    rec.llm_usage = proposal.usage
+    if proposal.raw_reply is not None:
+        (trial_dir / "reply.txt").write_text(printable(proposal.raw_reply))   # for people: escaped
+
+    # the patch policy, on the files the proposer saw: a refusal never reaches git or a container
+    loop.events.trial_phase(n, "checking", rec.description)
+    current = ctx.files
+    verdict = (patch.PatchCheck(False, proposal.error) if proposal.error
+               else patch.check(proposal, loop.policy.patch, loop.ws.tree(ctx.parent), current))
+    rec.diff_lines = verdict.diff_lines
+    tick("check_s")
+    if not verdict.ok:
+        return loop.record(rec, decision.REJECTED, verdict.reason)
+    (trial_dir / "diff.patch").write_text(printable(verdict.diff))   # git holds the exact change
+
+    # the candidate commit on the best it was proposed on, reachable from its trial ref
+    loop.events.trial_phase(n, "committing", rec.description)
+    rec.commit = loop.ws.commit_files(ctx.parent, proposal.files,
+                                      f"trial {n}: {rec.description}\n\nAutoresearch-Run: {loop.tag}\n")
+    loop.ws.set_trial_ref(loop.tag, n, rec.commit)
+    tick("git_s")
+    return _train_and_decide(loop, n, rec)
+
+
+def rerun_candidate(loop, n: int, commit: str) -> TrialRecord:
+    """A dead run's in-flight candidate: its commit runs again under the same id (recorded once)."""
+    loop.events.trial_started(n, "candidate")
+    parent, subject = loop.ws.commit_info(commit)
+    rec = _new_record(loop, n, parent, loop.meta.get("proposer", ""))
+    fresh_dir(loop.dir / "trials" / str(n))
+    rec.description = patch.clean_description(subject.split(": ", 1)[-1]) + " (again after --resume)"
+    rec.commit = commit
+    return _train_and_decide(loop, n, rec)
+
+
+def _new_record(loop, n: int, parent: str, proposer: str) -> TrialRecord:
+    return TrialRecord(trial=n, kind="candidate", status=decision.REJECTED, description="", run=loop.tag,
+                       parent=parent, proposed_on=parent, proposer=proposer, seed=loop.policy.seed,
+                       threshold=loop.thresh, started_at=time.time(), policy_sha256=loop.policy.sha256(),
+                       data_manifest_sha256=loop.meta["data_manifest_sha256"], image=loop.image)
+
+
+def _train_and_decide(loop, n: int, rec: TrialRecord) -> TrialRecord:
+    # the best moved since the proposal: train the change re-applied onto it (or give up: stale, no trial)
+    with loop.lock:
+        best = loop.best
+        if rec.parent != best.commit:
+            merged = _reapply(loop, n, rec, best)
+            if merged is None:
+                return loop.record(rec, STALE, f"its change does not apply onto the newer best {best.commit[:12]} "
+                                               "(committed while it waited for a slot)")
+            rec.commit, rec.parent = merged, best.commit
+            loop.ws.set_trial_ref(loop.tag, n, merged)
+
+    tick = _Stopwatch(rec.timings)
+    outcome = loop.trial(n, rec.commit, loop.policy.seed, "")
+    tick("trial_s")
+    fill(rec, outcome)
+    if outcome.status != "ok":
+        with loop.lock:
+            return loop.record(rec, outcome.status, outcome.error)
+    if short := decision.short_of_steps(loop.policy.train.max_steps, rec.num_steps):
+        with loop.lock:
+            return loop.record(rec, DISCARD, short)
+    rec = _decide(loop, n, rec, outcome.val_bpb)
+    return rec
+
+
+def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
+    """Keep, discard or stale against the best at decision time, running the confirmation and re-applied trials
+    that takes outside the lock (other slots decide meanwhile). `val`: the worse of the runs that must all win."""
+    rules, confirmed, reapplied = loop.policy.decision, False, 0
+    while True:
+        with loop.lock:
+            best = loop.best
+            rec.best_at_decision, rec.best_bpb_before = best.commit, best.val_bpb
+            v = decision.judge(val, best.val_bpb, loop.thresh, rules)
+            if v.action == DISCARD:
+                return loop.record(rec, DISCARD, v.reason + (" (the worse of its runs)" if confirmed else ""))
+            if rec.parent == best.commit and (v.action == KEEP or confirmed):
+                return loop.record(rec, KEEP, v.reason.replace("; confirming with another seed", "")
+                                   + (", confirmed by a second run" if confirmed else ""))
+            if rec.parent != best.commit:
+                if reapplied >= MAX_REAPPLY:
+                    return loop.record(rec, STALE, f"the best moved {reapplied} times while it was re-applied")
+                merged = _reapply(loop, n, rec, best)
+                if merged is None:
+                    return loop.record(rec, STALE, f"beat the best but its change does not apply onto the newer "
+                                                   f"best {best.commit[:12]}")
+        if rec.parent != best.commit:                  # train the re-applied commit; it alone can be kept
+            reapplied += 1
+            seed = decision.confirm_seed(loop.policy.seed, n) if rules.confirm_wins else loop.policy.seed
+            loop.events.trial_phase(n, "re-applied", f"onto the newer best {best.commit[:12]}, seed {seed}")
+            t = time.monotonic()
+            ro = loop.trial(n, merged, seed, "rebased")
+            rec.timings["rebased_s"] = round(rec.timings.get("rebased_s", 0.0) + time.monotonic() - t, 3)
+            rec.rebased = {"from_commit": rec.commit, "from_val_bpb": rec.val_bpb, "onto": best.commit,
+                           **_summary(ro, seed)}
+            if ro.status != "ok":
+                with loop.lock:
+                    return loop.record(rec, DISCARD, f"re-applied onto {best.commit[:12]}, its run ended "
+                                                     f"{ro.status}: {ro.error}")
+            rec.commit, rec.parent = merged, best.commit
+            fill(rec, ro)
+            val, confirmed = max(val, ro.val_bpb), confirmed or rules.confirm_wins
+        else:                                          # v.action == CONFIRM: the same code with another seed
+            seed = decision.confirm_seed(loop.policy.seed, n)
+            loop.events.trial_phase(n, "confirming", f"seed {seed}")
+            t = time.monotonic()
+            co = loop.trial(n, rec.commit, seed, "confirm")
+            rec.timings["confirm_s"] = round(time.monotonic() - t, 3)
+            rec.confirm = _summary(co, seed)
+            with loop.lock:
+                best = loop.best
+                if co.status != "ok" or rec.parent == best.commit:
+                    rec.best_at_decision, rec.best_bpb_before = best.commit, best.val_bpb
+                    v = decision.judge_confirmation(val, co.status, co.val_bpb, best.val_bpb, loop.thresh)
+                    return loop.record(rec, v.action, v.reason)
+            val, confirmed = max(val, co.val_bpb), True       # the best moved meanwhile: re-applied next
+
+
+def _reapply(loop, n: int, rec: TrialRecord, best: TrialRecord) -> str | None:
+    """rec's change re-applied onto best (a new commit under refs/autoresearch/<tag>/rebased/<n>), or None."""
+    files = loop.ws.merge(rec.parent, best.commit, rec.commit, loop.allowed)
+    if files is None:
+        return None
+    check = patch.check(Proposal(files, rec.description), loop.policy.patch, loop.ws.tree(best.commit),
+                        loop.ws.read_files(best.commit, loop.allowed))
+    if not check.ok:
+        return None
+    merged = loop.ws.commit_files(best.commit, files, f"trial {n}: {rec.description} (re-applied onto "
+                                                      f"{best.commit[:12]})\n\nAutoresearch-Run: {loop.tag}\n")
+    loop.ws.git("update-ref", loop.ws.rebased_ref(loop.tag, n), merged)
+    return merged
+
+
+def _summary(o, seed: int) -> dict:
+    return {"seed": seed, "status": o.status, "val_bpb": o.val_bpb, "error": o.error,
+            "training_seconds": number(o.timings.get("train_host_s")),
+            "claimed_training_seconds": number(o.train_summary.get("training_seconds")), "trial_timings": o.timings}
+
+
+class _Stopwatch:
+    """tick(name): seconds since the previous tick, added to timings[name]."""
+
+    def __init__(self, timings: dict):
+        self.timings, self.last = timings, time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.timings[name] = round(self.timings.get(name, 0.0) + now - self.last, 3)
+        self.last = now

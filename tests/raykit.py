@@ -1,0 +1,288 @@
+"""A real Ray cluster for tests and benchmarks: a head and worker nodes as separate processes on this machine,
+inside a network namespace of the caller's own, so every packet stays on loopback
+(../shared/notes/ray-on-these-machines.md).
+
+    in_netns([sys.executable, "-m", "tests.raykit", ...])   # from pytest: re-run a driver under `unshare -n`
+    with Cluster(workers=2, root=tmp) as cluster: ...        # inside the namespace: ray start x 3, then every
+                                                             # process of the namespace killed by pid
+Worker i advertises the executor's NODE_RESOURCE, one CPU and one logical GPU, and its own node cache
+(AUTORESEARCH_RAY_CACHE = root/node-i), so a test can see where a trial ran and what was shipped there. The head
+advertises neither: trials run on the workers only.
+
+The driver (`python -m tests.raykit drive ...`) runs the scenarios of tests/test_ray_executor.py against one
+cluster and writes their results as JSON; the test asserts on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PORT = 6390                                  # the head's GCS port, inside the namespace
+OBJECT_STORE_BYTES = 300 << 20               # per node: the tests ship data and a tiny image, not the trial image
+
+
+def netns_id(pid: int | str = "self") -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def kill_netns(ns: str, spare: int | None = None) -> list[int]:
+    """SIGKILL every process in network namespace `ns` (but `spare`), by pid; the pids killed."""
+    killed = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == spare:
+            continue
+        try:
+            if netns_id(p) == ns:
+                os.kill(int(p), signal.SIGKILL)
+                killed.append(int(p))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+def loopback_up() -> None:
+    """`ip link set lo up` without iproute2: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP."""
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 0x1))
+
+
+def unshare_problem() -> str | None:
+    """None when `unshare -n` works here; else why not (the reason a test skips)."""
+    try:
+        r = subprocess.run(["unshare", "-n", sys.executable, "-c", "import tests.raykit as k; k.loopback_up()"],
+                           check=False, capture_output=True, text=True, timeout=30, cwd=REPO)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare -n impossible here: {e}"
+    return None if r.returncode == 0 else f"unshare -n impossible here: {r.stderr.strip()[:200]}"
+
+
+def in_netns(argv: list[str], timeout: float, ns_file: Path) -> subprocess.CompletedProcess:
+    """Run argv under `unshare -n` (argv writes its namespace id to ns_file first); afterwards, also on a timeout,
+    every process left in that namespace is killed by pid."""
+    proc = subprocess.Popen(["unshare", "-n", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        out += f"\n[raykit] driver killed after {timeout:.0f} s"
+    finally:
+        if ns_file.is_file():
+            kill_netns(ns_file.read_text().strip())
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+class Cluster:
+    """ray start: a head and `workers` worker nodes, in the current (private) network namespace."""
+
+    def __init__(self, workers: int, root: Path):
+        self.root, self.n = Path(root), workers
+        self.address = f"127.0.0.1:{PORT}"
+        self.workers: list[dict] = []       # {"node_id", "cache"}
+
+    def __enter__(self) -> Cluster:
+        loopback_up()
+        self.ns = netns_id()
+        assert netns_id(os.getppid()) != self.ns, "Cluster must run inside a network namespace of its own (unshare -n)"
+        import ray
+
+        from runner.ray_executor import NODE_RESOURCE
+        from runner.ray_node import CACHE_ENV
+        self.tmp = tempfile.mkdtemp(prefix="rk")      # Ray's sockets: AF_UNIX paths are short
+        self._start(["--head", "--port", str(PORT), "--num-cpus", "0", "--num-gpus", "0",
+                     "--include-dashboard", "false", "--temp-dir", self.tmp], {})
+        for i in range(self.n):
+            cache = self.root / f"node-{i}"
+            cache.mkdir(parents=True, exist_ok=True)
+            self._start(["--address", self.address, "--num-cpus", "1", "--num-gpus", "1",
+                         "--resources", json.dumps({NODE_RESOURCE: 1})], {CACHE_ENV: str(cache)})
+            self.workers.append({"cache": str(cache)})
+        ray.init(address=self.address, log_to_driver=False, logging_level="WARNING")
+        self._map_nodes()
+        return self
+
+    def _start(self, args: list[str], env: dict) -> None:
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), **env}
+        r = subprocess.run(["ray", "start", "--disable-usage-stats", "--object-store-memory",
+                            str(OBJECT_STORE_BYTES), *args], check=False, env=env, capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args[:2])} failed: {r.stderr[-800:]}")
+
+    def _map_nodes(self) -> None:
+        """Each worker's node id: its raylet's environment names its cache."""
+        import ray
+
+        from runner.ray_node import CACHE_ENV
+
+        @ray.remote(num_cpus=0)
+        def where():
+            return ray.get_runtime_context().get_node_id(), os.environ.get(CACHE_ENV)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        for n in ray.nodes():
+            if n["Alive"] and n["Resources"].get("GPU"):
+                nid, cache = ray.get(where.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote())
+                for w in self.workers:
+                    if w["cache"] == cache:
+                        w["node_id"] = nid
+
+    def raylet_pid(self, i: int) -> int:
+        """The pid of worker i's raylet (its environment names its cache)."""
+        from runner.ray_node import CACHE_ENV
+        mark = f"{CACHE_ENV}={self.workers[i]['cache']}".encode()
+        for p in os.listdir("/proc"):
+            try:
+                if (p.isdigit() and netns_id(p) == self.ns and b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes()
+                        .split(b"\0")[0] and mark in Path(f"/proc/{p}/environ").read_bytes().split(b"\0")):
+                    return int(p)
+            except OSError:
+                pass
+        raise LookupError(f"no raylet for worker {i}")
+
+    def __exit__(self, *exc) -> None:
+        import ray
+        try:
+            ray.shutdown()
+        finally:
+            kill_netns(self.ns, spare=os.getpid())
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the test driver
+
+def ray_policy(max_steps: int = 10):
+    """The tiny policy on one core (a worker node holds one such trial), a few steps."""
+    from tests.sandbox_kit import policy
+    return policy(limits={"cpus": 1}, train={"max_steps": max_steps})
+
+
+def drive(args) -> dict:
+    """The scenarios of tests/test_ray_executor.py, against one cluster; results as a JSON-able dict."""
+    import docker
+
+    from runner.executor import TrialSpec
+    from runner.ray_executor import RayExecutor
+    res: dict = {}
+    pol = ray_policy(args.max_steps)
+    client = docker.from_env()
+    work = Path(args.root) / "head"
+
+    def spec(trial_id, image, cand=args.candidate):
+        return TrialSpec(run_tag=args.run_tag, trial_id=trial_id, candidate_dir=Path(cand), data_dir=Path(args.data),
+                         policy=pol, image=image, seed=1337, work_dir=work / trial_id)
+
+    def brief(out, spec_):
+        wd = Path(spec_.work_dir)
+        return {"status": out.status, "val_bpb": out.val_bpb, "slot": out.slot, "attempts": out.attempts,
+                "error": out.error, "files": sorted(p.name for p in wd.iterdir()) if wd.is_dir() else [],
+                "timings": out.timings}
+
+    with Cluster(workers=2, root=Path(args.root)) as cluster:
+        res["workers"] = cluster.workers
+        ex = RayExecutor(cluster.address)
+        t = time.monotonic()
+        ex.start(pol, image=args.image, data_dir=Path(args.data), run_tag=args.run_tag, work_dir=work)
+        res["start"] = {"slots": ex.slots, "prepared": ex.prepared, "s": round(time.monotonic() - t, 2)}
+
+        # two trials at once: one per worker
+        specs = [spec(f"pair-{i}", args.image) for i in range(2)]
+        outs, lines = [None, None], [[], []]
+        threads = [threading.Thread(target=lambda i=i: outs.__setitem__(i, ex.run(specs[i], lines[i].append)))
+                   for i in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        res["pair"] = [{**brief(o, s), "lines": len(ls)} for o, s, ls in zip(outs, specs, lines)]
+
+        # two GPU trials at once: one logical GPU each (the node's policy names the GPU Ray assigned; this
+        # machine's engine has no nvidia runtime, so each ends infra at the node's GPU check)
+        from tests.sandbox_kit import policy
+        gpu_pol = policy(flavour="cuda", gpu="all", limits={"cpus": 1}, train={"max_steps": args.max_steps})
+        gspecs = [spec(f"gpu-{i}", args.image) for i in range(2)]
+        for g in gspecs:
+            g.policy = gpu_pol
+        gouts = [None, None]
+        threads = [threading.Thread(target=lambda i=i: gouts.__setitem__(i, ex.run(gspecs[i]))) for i in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        res["gpu"] = [brief(o, g) for o, g in zip(gouts, gspecs)]
+
+        # the image: shipped through the object store to a node that lacks the run's tag
+        ship = RayExecutor(cluster.address)
+        first = ship.prepare_nodes(args.ship_tag, Path(args.data))
+        client.images.remove(args.ship_tag)            # untags only: the image keeps its other tag
+        res["ship"] = {"first": first, "again": ship.prepare_nodes(args.ship_tag, Path(args.data)),
+                       "id_after": client.images.get(args.ship_tag).id}
+        ship.close()
+
+        # a digest mismatch: the run pinned the trial image under a tag that now names another image
+        mis = RayExecutor(cluster.address)
+        mis.start(pol, image=args.mismatch_tag, data_dir=Path(args.data), run_tag=args.run_tag, work_dir=work)
+        client.images.get(args.ship_tag).tag(*args.mismatch_tag.rsplit(":", 1))   # moves the tag
+        res["mismatch"] = brief(mis.run(spec("mismatch", args.mismatch_tag)), spec("mismatch", args.mismatch_tag))
+        mis.close()
+
+        # a worker killed mid-trial: the trial runs again on the other one and comes back once
+        killed: dict = {}
+        s = spec("killed", args.image)
+        box: list = []
+        th = threading.Thread(target=lambda: box.append(ex.run(s)))
+        th.start()
+        killed.update(_kill_when_training(cluster, client, args.run_tag, "killed"))
+        th.join()
+        res["killed"] = {**brief(box[0], s), **killed}
+        res["leftovers_removed"] = ex.remove_leftovers(args.run_tag)
+        ex.close()
+    return res
+
+
+def _kill_when_training(cluster: Cluster, client, run_tag: str, trial_id: str, timeout: float = 180) -> dict:
+    """Wait until the trial's train container runs, then SIGKILL the raylet of the worker running it."""
+    from runner.sandbox.spec import LABEL_ROLE, LABEL_RUN, LABEL_TRIAL
+    from trainer.contract import LAUNCHED_LINE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in client.containers.list(filters={"label": [f"{LABEL_RUN}={run_tag}", f"{LABEL_TRIAL}={trial_id}"]}):
+            if c.labels.get(LABEL_ROLE) == "train" and LAUNCHED_LINE.encode() in c.logs():   # train.py runs
+                for i, w in enumerate(cluster.workers):
+                    if any(Path(w["cache"], "trials").glob(f"{run_tag}-{trial_id}-*")):
+                        os.kill(cluster.raylet_pid(i), signal.SIGKILL)
+                        return {"killed_worker": i, "killed_node": w["node_id"]}
+        time.sleep(0.2)
+    return {"killed_worker": None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.raykit")
+    ap.add_argument("action", choices=["drive"])
+    for name in ("root", "image", "data", "candidate", "run-tag", "ship-tag", "mismatch-tag", "out", "ns-file"):
+        ap.add_argument(f"--{name}", required=True)
+    ap.add_argument("--max-steps", type=int, default=10)
+    args = ap.parse_args(argv)
+    Path(args.ns_file).write_text(netns_id())
+    res = drive(args)
+    Path(args.out).write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The trial contract between the host (runner/) and the trial image (trainer/), written once and imported by both.
+
+TRUSTED CODE, standard library only: the host imports it to check a result.json without importing torch, and the
+image's launcher, harness and evaluator import it for the same names. What it fixes:
+
+- the mount points inside the containers, and the files the host and the containers hand each other there;
+- the environment the train container gets (trainer.harness reads it; runner.sandbox.spec and trainer.direct
+  set it);
+- the exit codes the host tells apart (the launcher's NO_CANDIDATE, the harness's EXPORT_FAILED, the evaluator's);
+- the lines the host watches for in the train container's output (LAUNCHED_LINE, EXPORTING_LINE) and the
+  progress line's format with its one parser;
+- the pattern of summary keys that look like a score (never taken from train.py);
+- the result.json document: SCHEMA, STATUSES, PROBE_NAMES and `check_result`, the schema's one definition
+  (docs/result-schema.md).
+
+Every line and number printed inside a container is untrusted text: the lines here are hints for scheduling and
+display, never a score.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+# --------------------------------------------------------------------------- mounts and files
+WORK_DIR = "/work"                  # train: the host's hand-over directory (train.py, trial.json), read-only
+MODEL_DIR = "/in"                   # eval: the host's model directory, read-only, empty until the hand-over
+DATA_DIR = "/data"                  # train: train/ and tokenizer/; eval: val/, tokenizer/, manifest.json
+OUT_DIR = "/out"                    # each container's own capped, writable output volume
+TRAIN_FILE = "train.py"             # the candidate, renamed into WORK_DIR last
+TRIAL_FILE = "trial.json"           # {"seed": int}, renamed into WORK_DIR before TRAIN_FILE
+MODEL_FILE = "model.pt2"            # the exported model: OUT_DIR of train, then MODEL_DIR of eval
+EXPORT_ERROR_FILE = "export_error.txt"   # one line, in OUT_DIR of train, when the export failed
+RESULT_FILE = "result.json"         # the evaluator's document, in OUT_DIR of eval
+MODEL_IN = f"{MODEL_DIR}/{MODEL_FILE}"
+
+# --------------------------------------------------------------------------- the train container's environment
+ENV_DATA = "AUTORESEARCH_DATA"           # the prepared data directory (required)
+ENV_OUT = "AUTORESEARCH_OUT"             # where model.pt2 goes (required)
+ENV_PRESET = "AUTORESEARCH_PRESET"       # tiny | cpu | h100 (trainer/presets.yaml)
+ENV_BUDGET_S = "AUTORESEARCH_BUDGET_S"   # training seconds: the policy's train.budget_seconds (required)
+ENV_SEED = "AUTORESEARCH_SEED"           # the trial's seed (the launcher sets it from trial.json)
+ENV_MAX_STEPS = "AUTORESEARCH_MAX_STEPS"  # optional fixed step count (progress by steps)
+ENV_DEVICE = "AUTORESEARCH_DEVICE"       # cpu | cuda
+DEVICES = ("cpu", "cuda")
+
+# --------------------------------------------------------------------------- exit codes
+NO_CANDIDATE = 3            # the launcher: no train.py (or no valid seed) was handed over; train.py never ran
+EXPORT_FAILED = 86          # the harness: the model could not be exported (export_error.txt says why)
+EVAL_OK = 0                 # the evaluator wrote a result.json, whatever its status
+EVAL_USAGE = 2              # the evaluator was called wrongly (unknown preset)
+EVAL_CANNOT_RUN = 3         # the evaluator cannot run here (missing or corrupt data, no CUDA device)
+
+# --------------------------------------------------------------------------- lines in the train container's output
+LAUNCHED_LINE = "launch: running train.py"      # stderr, by the launcher just before train.py runs: nothing of the
+                                                # candidate's runs before it, so its absence means the hand-over
+                                                # failed
+EXPORTING_LINE = "harness: exporting model.pt2"  # stdout, by the harness as its export starts (a scheduling hint:
+                                                 # train.py can print it too, or never)
+STEP_PREFIX = "step="
+MAX_STEP_FIELD = 32         # characters kept of one value of a progress line
+MAX_STEP_LINE = 1000        # characters of a progress line that are parsed
+_PAIR = re.compile(r"(\w+)=(\S+)")
+
+# summary keys that look like a score: train.py's own report never carries one (the harness drops them, the host
+# ignores them)
+SCORE_KEY = re.compile(r"bpb|val_loss|score", re.IGNORECASE)
+
+
+def step_line(step: int, loss: float, progress: float, remaining_s: float, extra: dict[str, str] | None = None) -> str:
+    """The harness's progress line: "step=12 loss=3.2101 progress=0.123 remaining_s=201.2 key=value ..."."""
+    parts = [f"{STEP_PREFIX}{int(step)}", f"loss={float(loss):.4f}", f"progress={progress:.3f}",
+             f"remaining_s={remaining_s:.1f}"]
+    return " ".join(parts + [f"{k}={v}" for k, v in (extra or {}).items()])
+
+
+def is_step_line(line: str) -> bool:
+    return line.lstrip().startswith(STEP_PREFIX)
+
+
+def parse_step_line(line: str) -> dict[str, str]:
+    """The key=value pairs of a progress line, each value cut to MAX_STEP_FIELD ({} for any other line)."""
+    if not is_step_line(line):
+        return {}
+    return {k: v[:MAX_STEP_FIELD] for k, v in _PAIR.findall(line[:MAX_STEP_LINE])}
+
+
+def last_line(text: str | None, limit: int = 300) -> str:
+    """The last non-blank line of a log, stripped and cut to `limit` characters: a failure's one-line reason."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else "(no output)"
+
+
+# --------------------------------------------------------------------------- result.json
+SCHEMA = "autoresearch.result/1"
+STATUSES = ("ok", "violation", "invalid_model")
+PROBE_NAMES = ("determinism", "batch_independence", "causality")
+PROBE_KEYS = frozenset({"passed", "max_abs_diff", "evidence", "positions", "rows", "batches"})
+PROBES_SECTION = frozenset({"seed", "tolerance", "causality_passes", "miss_bound", *PROBE_NAMES})
+TOP_KEYS = frozenset({"schema", "status", "val_bpb", "val_loss", "eval_tokens", "eval_bytes", "preset", "seq_len",
+                      "eval_batch_size", "vocab_size", "device", "probes", "data", "model", "timings", "versions",
+                      "error"})
+SECTIONS = {  # section -> {field: (kind, nullable)}; kind: "str", "int", "num" (finite int or float), "nums"
+    "data": {"manifest_sha256": ("str", True), "bpb_floor": ("num", True), "source": ("str", True),
+             "baselines": ("nums", False)},
+    "model": {"sha256": ("str", True), "bytes": ("int", True), "num_params": ("int", True)},
+    "timings": {k: ("num", True) for k in ("data_s", "load_s", "probe_s", "eval_s", "total_s")},
+    "versions": {"torch": ("str", False), "python": ("str", False), "evaluator": ("str", False)},
+}
+
+
+def _short(v) -> str:
+    return type(v).__name__ if isinstance(v, (dict, list)) else str(v)[:40]
+
+
+def _is(v, kind: str) -> bool:
+    if isinstance(v, bool):
+        return False
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "int":
+        return isinstance(v, int)
+    if kind == "num":
+        return isinstance(v, int) or isinstance(v, float) and math.isfinite(v)
+    if kind == "ints":
+        return isinstance(v, list) and all(_is(x, "int") for x in v)
+    if kind == "nums":
+        return isinstance(v, dict) and all(_is(x, "num") for x in v.values())
+    raise ValueError(kind)
+
+
+def check_result(obj) -> list[str]:
+    """Problems with a result object against schema autoresearch.result/1 (empty list: valid). Never raises."""
+    errs: list[str] = []
+
+    def field(where: str, v, kind: str, nullable: bool = False) -> None:
+        if not (v is None and nullable) and not _is(v, kind):
+            errs.append(f"{where} must be {kind}{' or null' if nullable else ''}, got {_short(v)}")
+
+    if not isinstance(obj, dict):
+        return ["result must be a JSON object"]
+    if set(obj) != TOP_KEYS:
+        return [f"keys differ from the schema: missing {sorted(TOP_KEYS - set(obj))}, "
+                f"extra {sorted(str(k)[:40] for k in set(obj) - TOP_KEYS)}"]
+    if obj["schema"] != SCHEMA:
+        errs.append(f"schema must be {SCHEMA!r}, got {_short(obj['schema'])}")
+    if not isinstance(obj["status"], str) or obj["status"] not in STATUSES:
+        errs.append(f"status must be one of {STATUSES}, got {_short(obj['status'])}")
+    ok = obj["status"] == "ok"
+    for key in ("val_bpb", "val_loss"):
+        if ok and not (_is(obj[key], "num") and obj[key] > 0):
+            errs.append(f"{key} must be a positive number when status is ok, got {_short(obj[key])}")
+        if not ok and obj[key] is not None:
+            errs.append(f"{key} must be null unless status is ok, got {_short(obj[key])}")
+    for key in ("eval_tokens", "eval_bytes", "vocab_size"):
+        field(key, obj[key], "int", nullable=not ok)
+    for key in ("seq_len", "eval_batch_size"):
+        field(key, obj[key], "int")
+    field("preset", obj["preset"], "str")
+    if obj["device"] not in DEVICES or not isinstance(obj["device"], str):
+        errs.append(f"device must be cpu or cuda, got {_short(obj['device'])}")
+    if ok and obj["error"] is not None:
+        errs.append("error must be null when status is ok")
+    field("error", obj["error"], "str", nullable=ok)
+    _check_probes(obj["probes"], obj["status"], field, errs)
+    for section, fields in SECTIONS.items():
+        sec = obj[section]
+        if not isinstance(sec, dict) or set(sec) != set(fields):
+            errs.append(f"{section} must hold exactly {', '.join(sorted(fields))}")
+            continue
+        for k, (kind, nullable) in fields.items():
+            field(f"{section}.{k}", sec[k], kind, nullable)
+            if section == "timings" and _is(sec[k], "num") and sec[k] < 0:
+                errs.append(f"timings.{k} must not be negative")
+    return errs
+
+
+def _check_probes(pr, status, field, errs: list[str]) -> None:
+    ok = status == "ok"
+    if not isinstance(pr, dict) or set(pr) != PROBES_SECTION:
+        errs.append(f"probes must hold exactly seed, tolerance, causality_passes, miss_bound and "
+                    f"{', '.join(PROBE_NAMES)}")
+        return
+    field("probes.seed", pr["seed"], "int", nullable=not ok)
+    field("probes.tolerance", pr["tolerance"], "num")
+    field("probes.causality_passes", pr["causality_passes"], "int", nullable=not ok)
+    field("probes.miss_bound", pr["miss_bound"], "num", nullable=not ok)
+    for name in PROBE_NAMES:
+        r = pr[name]
+        if r is None:
+            if ok:
+                errs.append(f"probes.{name} must be present when status is ok")
+            continue
+        if not isinstance(r, dict) or set(r) != PROBE_KEYS:
+            errs.append(f"probes.{name} must hold exactly {', '.join(sorted(PROBE_KEYS))}")
+            continue
+        if not isinstance(r["passed"], bool):
+            errs.append(f"probes.{name}.passed must be true or false, got {_short(r['passed'])}")
+        field(f"probes.{name}.max_abs_diff", r["max_abs_diff"], "num", nullable=r["passed"] is False)
+        field(f"probes.{name}.evidence", r["evidence"], "str")
+        field(f"probes.{name}.positions", r["positions"], "ints")
+        field(f"probes.{name}.rows", r["rows"], "ints")
+        field(f"probes.{name}.batches", r["batches"], "int")
+        if ok and _is(r["batches"], "int") and r["batches"] < 1:
+            errs.append(f"probes.{name}.batches must be at least 1 when status is ok")
+        if ok and r["passed"] is not True:
+            errs.append(f"probes.{name} did not pass but status is ok")
+    if status == "violation" and not any(isinstance(pr[n], dict) and pr[n].get("passed") is False
+                                         for n in PROBE_NAMES):
+        errs.append("status is violation but no probe failed")
