@@ -88,16 +88,18 @@ def test_a_train_step_that_prints_or_writes_a_fake_score_does_not_change_the_rep
 
 
 CHATTY_CRASH = """
-import sys
+import atexit, sys
 for i in range(300):
     print(f"progress line {i}", flush=True)
+atexit.register(lambda: [print(f"printed after the traceback {i}", flush=True) for i in range(300)])
 raise RuntimeError("the real reason")
 """
 
 
 def test_a_crash_is_named_by_its_exception_though_its_output_and_traceback_interleave(tmp_path, trial_image,
                                                                                        sandbox_data):
-    # the engine merges stdout and stderr in no fixed order; the reason comes from stderr in its own order
+    # the engine merges stdout and stderr in no fixed order, and its tail counts lines of both streams: the reason
+    # comes from the whole stderr stream, in its own order
     out, _ = trial(tmp_path, trial_image.tag, candidate(tmp_path, CHATTY_CRASH), sandbox_data, policy(**POLICY))
     assert out.status == "crash" and out.error.endswith(": RuntimeError: the real reason"), out.error
     quiet, _ = trial(tmp_path, trial_image.tag, candidate(tmp_path / "q", "print('last words')\nraise SystemExit(4)\n"),

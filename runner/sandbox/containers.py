@@ -250,7 +250,7 @@ def engine_events(container, since: float, until: float | None = None) -> list[d
     return out
 
 
-def log_tail(container, lines: int = 100, max_chars: int = 20_000, *, stdout: bool = True) -> str:
+def log_tail(container, lines: int | str = 100, max_chars: int = 20_000, *, stdout: bool = True) -> str:
     """The last lines the engine kept (its json-file log is capped), bounded, decoded leniently. stdout=False: the
     stderr stream alone, in its own order (the engine merges the two streams in no fixed order, so a line printed
     before a crash can land after its traceback in the merged log)."""

@@ -118,8 +118,11 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         tail = containers.log_tail(slot.train, 400)
         out.train_summary = parse_summary(tail.splitlines())
         out.log_tail = _tail(tail)
-        why_tail = "\n".join(line for line in containers.log_tail(slot.train, 100, stdout=False).splitlines()
-                             if line.strip() != containers.LAUNCHED_LINE).strip() or tail   # a traceback ends it
+        # why it failed: the end of stderr alone (a traceback ends it). The engine's tail counts lines of both
+        # streams before it filters one, so stderr is read whole (the engine caps the log at spec.LOG_MAX_SIZE)
+        err = containers.log_tail(slot.train, "all", stdout=False) if t_exit.exit_code else ""
+        why_tail = "\n".join(line for line in err.splitlines()
+                             if line.strip() != containers.LAUNCHED_LINE).strip() or tail
         export_error = ""
         if t_exit.exit_code == classify.EXPORT_FAILED:
             try:
