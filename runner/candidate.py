@@ -103,8 +103,7 @@ def _train_and_decide(loop, n: int, rec: TrialRecord) -> TrialRecord:
     if short := decision.short_of_steps(loop.policy.train.max_steps, rec.num_steps):
         with loop.lock:
             return loop.record(rec, DISCARD, short)
-    rec = _decide(loop, n, rec, outcome.val_bpb)
-    return rec
+    return _decide(loop, n, rec, outcome.val_bpb)
 
 
 def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:

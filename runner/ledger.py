@@ -101,8 +101,10 @@ def fill(rec: TrialRecord, o) -> None:
     tps, claimed = number(s.get("tokens_per_second")), rec.claimed_training_seconds
     rec.train_tokens = round(tps * claimed) if tps is not None and claimed else None   # claims: informational
     rec.image_digest = o.image_digest
-    rec.slot = getattr(o, "slot", "") or ""
-    rec.trial_timings = dict(o.timings or {}, **({"attempts": o.attempts} if getattr(o, "attempts", 1) > 1 else {}))
+    rec.slot = o.slot
+    rec.trial_timings = dict(o.timings or {})
+    if o.attempts > 1:                      # an executor re-ran it after an infra failure (a node lost)
+        rec.trial_timings["attempts"] = o.attempts
     if o.status != "ok":
         rec.log_tail = (o.log_tail or "")[-LOG_TAIL_CHARS:]
 
