@@ -4,7 +4,9 @@ Reads top to bottom as the data flow of one run (`Loop.run`):
     open the run     runs/<tag>/ (run.json, lock: runner.runs), the branch autoresearch/<tag>, the ledger; on
                      --resume reconcile the branch with the ledger; the executor removes what a dead run left
                      behind and gets the first trial ready
-    baseline         the start commit, trained `baseline_repeats` times (seeds seed, seed+1, ...): best + noise
+    baseline         the start commit, trained `baseline_repeats` times (seeds seed, seed+1, ...; side by side
+                     when there are several slots): best + noise; the proposer is already at work on the first
+                     candidate (it sees no score yet)
     each trial       proposal (mutate / openai; made ahead: runner.proposals) -> patch policy (refused:
                      `rejected`, no container) -> candidate commit on the best, ref refs/autoresearch/<tag>/trials/<n>
                      -> read-only export -> trial on the executor (runner.executor: train, then eval) -> decision
@@ -19,6 +21,7 @@ import contextlib
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -63,31 +66,41 @@ class Loop:
                                 work_dir=self.dir / "slots")  # the next trial is made ready ahead
             records = self.ledger.records()
             self.events.run_started({**meta, "resume": self.cfg.resume, "trials_done": len(records)})
-            best = best_of(records)
-            if best is None:
-                best = self._baseline(next_id(records))     # raises when the unchanged train.py fails
-                records = self.ledger.records()
-            self.thresh = decision.threshold(self.policy.decision, baseline_of(records).noise_std)
-            self.records, self.best = records, best
-            stopped = self._keep_slots_busy()
+            self.records, self.best = records, best_of(records)
+            baseline_n = next_id(records) if self.best is None else None
+            proposals = self._proposals(baseline_n)         # the first proposal is made while the baseline trains
+            stack.callback(proposals.close)
+            if self.best is None:
+                self.best = self._baseline(baseline_n)      # raises when the unchanged train.py fails
+                self.records = self.ledger.records()
+            self.thresh = decision.threshold(self.policy.decision, baseline_of(self.records).noise_std)
+            stopped = self._keep_slots_busy(proposals)
             summary = self.summary(self.records)
             summary.stopped = stopped
             return summary
 
     # =========================================================================== the candidates, slots kept busy
-    def _keep_slots_busy(self) -> str:
+    def _proposals(self, baseline_n: int | None) -> Proposals:
+        """Plan the candidates (the trials a dead runner left unfinished run again first, under their ids; new
+        ids follow them and the baseline's, if it is still to run) and start the proposer on its own thread, so
+        that proposals are made ahead while trials, the baseline included, train (runner.proposals)."""
+        done = {r.trial for r in self.records}
+        self.unfinished = sorted((n, c) for n, c in self.ws.trial_refs(self.tag).items()
+                                 if n not in done and n != baseline_n)
+        self.next_n = max([next_id(self.records), *(n + 1 for n, _ in self.unfinished),
+                           *([baseline_n + 1] if baseline_n is not None else [])])
+        started = sum(1 for r in self.records if r.kind == "candidate") + len(self.unfinished)
+        self.left = None if self.max_trials is None else max(0, self.max_trials - started)
+        # an instant proposer (mutate) never keeps a slot waiting: asked on demand, each proposal sees every result
+        ahead = 0 if getattr(self.proposer, "instant", False) else self.policy.proposer.ahead
+        return Proposals(self.proposer, self._context, ahead=ahead, limit=self.left).start()
+
+    def _keep_slots_busy(self, proposals: Proposals) -> str:
         """Candidates in flight on every slot of the executor, each on its own thread (runner.candidate), the
         next proposals made ahead (runner.proposals), until max_trials or --hours; why it stopped."""
         slots = max(1, self.executor.slots)
         deadline = time.monotonic() + self.cfg.hours * 3600 if self.cfg.hours else None
-        done = {r.trial for r in self.records}
-        unfinished = sorted((n, c) for n, c in self.ws.trial_refs(self.tag).items() if n not in done)
-        self.next_n = max([next_id(self.records), *(n + 1 for n, _ in unfinished)])
-        started = sum(1 for r in self.records if r.kind == "candidate") + len(unfinished)
-        left = None if self.max_trials is None else max(0, self.max_trials - started)
-        # an instant proposer (mutate) never keeps a slot waiting: asked on demand, each proposal sees every result
-        ahead = 0 if getattr(self.proposer, "instant", False) else self.policy.proposer.ahead
-        proposals = Proposals(self.proposer, self._context, ahead=ahead, limit=left).start()
+        unfinished, left = self.unfinished, self.left
         finished: queue.Queue = queue.Queue()
         in_flight, taken, stopped, infra_in_a_row = 0, 0, "", 0
         try:
@@ -135,9 +148,10 @@ class Loop:
         with self.lock:
             n, self.next_n = self.next_n, self.next_n + 1
             best, history = self.best, [asdict(r) for r in self.records]
-        return Context(trial_id=n, seed=self.policy.seed, files=self.ws.read_files(best.commit, self.allowed),
-                       allowed_files=self.allowed, program=self.program, history=history, best_bpb=best.val_bpb,
-                       parent=best.commit)
+        parent = best.commit if best is not None else self.start      # None: the baseline (of start) is training
+        return Context(trial_id=n, seed=self.policy.seed, files=self.ws.read_files(parent, self.allowed),
+                       allowed_files=self.allowed, program=self.program, history=history,
+                       best_bpb=best.val_bpb if best is not None else None, parent=parent)
 
     def record(self, rec: TrialRecord, status: str, reason: str) -> TrialRecord:
         """Decide a candidate: first the ledger (fsynced), then the branch on keep. Called holding self.lock."""
@@ -207,7 +221,9 @@ class Loop:
                           policy_sha256=self.policy.sha256(), data_manifest_sha256=self.meta["data_manifest_sha256"],
                           image=self.image)
         seeds = decision.repeat_seeds(self.policy.seed, self.policy.decision.baseline_repeats)
-        outcomes = [self.trial(n, self.start, s, "" if i == 0 else f"repeat-{i}") for i, s in enumerate(seeds)]
+        subs = ["" if i == 0 else f"repeat-{i}" for i in range(len(seeds))]
+        with ThreadPoolExecutor(min(len(seeds), max(1, self.executor.slots))) as pool:   # side by side on slots
+            outcomes = list(pool.map(lambda seed, sub: self.trial(n, self.start, seed, sub), seeds, subs))
         main = outcomes[0]
         fill(rec, main)
         rec.repeats = [{"seed": s, "status": o.status, "val_bpb": o.val_bpb} for s, o in zip(seeds, outcomes)]

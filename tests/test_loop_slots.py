@@ -132,6 +132,43 @@ def test_the_next_proposal_is_made_while_a_trial_trains_so_the_slot_never_waits_
     assert second.rebased is None and trained(executor, repo, second)         # re-applied before it trained
 
 
+
+def test_the_first_proposal_is_made_while_the_baseline_trains(exp):
+    repo, _ = exp
+    gates = {"0": threading.Event()}
+    proposer = Scripted(set_score(0.9))
+    original = proposer.propose
+
+    def propose(ctx):                      # the baseline ends only after the first proposal was made
+        out = original(ctx)
+        gates["0"].set()
+        return out
+    proposer.propose = propose
+    events = Events()
+    events.heard = []
+    events.phase = lambda name, detail="": events.heard.append(name)
+    executor = FakeExecutor(slots=1, gates=gates)
+    run(exp, proposer, executor, max_trials=1, policy=Policy(proposer={"ahead": 1}), events=events)
+    recs = Ledger(repo / "runs" / "t").records()
+    assert [(r.trial, r.kind, r.status) for r in recs] == [(0, "baseline", "keep"), (1, "candidate", "keep")]
+    assert "proposing" not in events.heard                                     # the slot never waited for it
+    first = proposer.contexts[0]
+    assert first.trial_id == 1 and first.best_bpb is None and first.history == []   # nothing measured yet
+    assert recs[1].proposed_on == recs[1].parent == recs[0].commit
+
+
+def test_baseline_repeats_run_side_by_side_when_there_are_two_slots(exp):
+    repo, _ = exp
+    gates = {"0": threading.Event()}
+    executor = FakeExecutor(slots=2, gates=gates, seed_offsets={1338: 0.01})
+    executor.on_start = lambda trial_id: gates["0"].set() if trial_id == "0-repeat-1" else None
+    run(exp, Scripted(), executor, max_trials=0, policy=Policy(decision={"baseline_repeats": 2}))
+    base = Ledger(repo / "runs" / "t").records()[0]
+    assert executor.most_at_once == 2                                          # both seeds trained at once
+    assert sorted(s.trial_id for s in executor.specs) == ["0", "0-repeat-1"]
+    assert [r["seed"] for r in base.repeats] == [1337, 1338] and base.noise_std > 0
+
+
 def test_a_run_stopped_with_two_trials_in_flight_resumes_each_once(exp):
     repo, _ = exp
     gates = {"1": threading.Event()}
