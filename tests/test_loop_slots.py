@@ -159,9 +159,9 @@ def test_the_first_proposal_is_made_while_the_baseline_trains(exp):
 
 def test_baseline_repeats_run_side_by_side_when_there_are_two_slots(exp):
     repo, _ = exp
-    gates = {"0": threading.Event()}
+    gates = {"0": threading.Event(), "0-repeat-1": threading.Event()}   # each ends once the other has started
     executor = FakeExecutor(slots=2, gates=gates, seed_offsets={1338: 0.01})
-    executor.on_start = lambda trial_id: gates["0"].set() if trial_id == "0-repeat-1" else None
+    executor.on_start = lambda trial_id: gates["0-repeat-1" if trial_id == "0" else "0"].set()
     run(exp, Scripted(), executor, max_trials=0, policy=Policy(decision={"baseline_repeats": 2}))
     base = Ledger(repo / "runs" / "t").records()[0]
     assert executor.most_at_once == 2                                          # both seeds trained at once
