@@ -14,12 +14,17 @@ Invariants, with several trials in flight (the loop's lock guards the best, the 
   move again meanwhile: after MAX_REAPPLY re-applications it is `stale` too.
 - With decision.confirm_wins an apparent win is re-run with another seed; a keep needs both runs (for a
   re-applied candidate: the first run and the re-applied one) to beat the best by more than the threshold.
+- A would-be keep that got more compute than the best (runner.decision.more_compute: a faster machine, a larger
+  CPU share) is judged against the best re-run now with its seed (trials/<n>/recheck) instead; `rec.recheck`
+  says why and what it gave. A re-run that failed or ran at another speed again means a discard.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from . import decision, patch
+from .executor import TrialOutcome
 from .decision import DISCARD, KEEP, STALE
 from .ledger import TrialRecord, fill, number
 from .proposers import Context, Proposal
@@ -39,6 +44,7 @@ def run_candidate(loop, n: int, proposal: Proposal, ctx: Context, proposing_s: f
     tick = _Stopwatch(rec.timings)
     trial_dir = fresh_dir(loop.dir / "trials" / str(n))
     rec.description = patch.clean_description(proposal.description)
+    loop.events.trial_described(n, rec.description)
     rec.llm_usage = proposal.usage
     if proposal.raw_reply is not None:
         (trial_dir / "reply.txt").write_text(printable(proposal.raw_reply))   # for people: escaped
@@ -70,6 +76,7 @@ def rerun_candidate(loop, n: int, commit: str) -> TrialRecord:
     rec = _new_record(loop, n, parent, loop.meta.get("proposer", ""))
     fresh_dir(loop.dir / "trials" / str(n))
     rec.description = patch.clean_description(subject.split(": ", 1)[-1]) + " (again after --resume)"
+    loop.events.trial_described(n, rec.description)
     rec.commit = commit
     return _train_and_decide(loop, n, rec)
 
@@ -110,24 +117,33 @@ def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
     """Keep, discard or stale against the best at decision time, running the confirmation and re-applied trials
     that takes outside the lock (other slots decide meanwhile). `val`: the worse of the runs that must all win."""
     rules, confirmed, reapplied = loop.policy.decision, False, 0
+    rerun: _Rerun | None = None                        # the best re-run now, when the candidate got more compute
     while True:
         with loop.lock:
             best = loop.best
-            rec.best_at_decision, rec.best_bpb_before = best.commit, best.val_bpb
-            v = decision.judge(val, best.val_bpb, loop.thresh, rules)
+            bar = _bar(best, rerun)
+            again = " (the best re-run now)" if rerun is not None and rerun.commit == best.commit else ""
+            rec.best_at_decision, rec.best_bpb_before = best.commit, bar
+            v = decision.judge(val, bar, loop.thresh, rules)
             if v.action == DISCARD:
-                return loop.record(rec, DISCARD, v.reason + (" (the worse of its runs)" if confirmed else ""))
-            if rec.parent == best.commit and (v.action == KEEP or confirmed):
+                return loop.record(rec, DISCARD, v.reason + (" (the worse of its runs)" if confirmed else "") + again)
+            why = _recheck_reason(loop, rec, best, rerun)   # a keep would rest on more compute: re-run the best
+            if not why and rec.parent == best.commit and (v.action == KEEP or confirmed):
                 return loop.record(rec, KEEP, v.reason.replace("; confirming with another seed", "")
-                                   + (", confirmed by a second run" if confirmed else ""))
-            if rec.parent != best.commit:
+                                   + (", confirmed by a second run" if confirmed else "") + again)
+            if not why and rec.parent != best.commit:
                 if reapplied >= MAX_REAPPLY:
                     return loop.record(rec, STALE, f"the best moved {reapplied} times while it was re-applied")
                 merged = _reapply(loop, n, rec, best)
                 if merged is None:
                     return loop.record(rec, STALE, f"beat the best but its change does not apply onto the newer "
                                                    f"best {best.commit[:12]}")
-        if rec.parent != best.commit:                  # train the re-applied commit; it alone can be kept
+        if why:                                        # the best again, now, on the machine as it is
+            rerun = _recheck(loop, n, rec, best, why)
+            if rerun.unusable:
+                with loop.lock:
+                    return loop.record(rec, DISCARD, rerun.unusable)
+        elif rec.parent != best.commit:                # train the re-applied commit; it alone can be kept
             reapplied += 1
             seed = decision.confirm_seed(loop.policy.seed, n) if rules.confirm_wins else loop.policy.seed
             loop.events.trial_phase(n, "re-applied", f"onto the newer best {best.commit[:12]}, seed {seed}")
@@ -153,10 +169,57 @@ def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
             with loop.lock:
                 best = loop.best
                 if co.status != "ok" or rec.parent == best.commit:
-                    rec.best_at_decision, rec.best_bpb_before = best.commit, best.val_bpb
-                    v = decision.judge_confirmation(val, co.status, co.val_bpb, best.val_bpb, loop.thresh)
+                    rec.best_at_decision, rec.best_bpb_before = best.commit, _bar(best, rerun)
+                    v = decision.judge_confirmation(val, co.status, co.val_bpb, _bar(best, rerun), loop.thresh)
                     return loop.record(rec, v.action, v.reason)
             val, confirmed = max(val, co.val_bpb), True       # the best moved meanwhile: re-applied next
+
+
+@dataclass
+class _Rerun:
+    """The best re-run now (a recheck): which commit, its outcome, and why it cannot be compared (or "")."""
+    commit: str
+    outcome: TrialOutcome
+    unusable: str = ""
+
+
+def _bar(best: TrialRecord, rerun: _Rerun | None) -> float:
+    """What the candidate must beat: the best's val_bpb, or its re-run's when the best was re-run now."""
+    return rerun.outcome.val_bpb if rerun is not None and rerun.commit == best.commit else best.val_bpb
+
+
+def _recheck_reason(loop, rec: TrialRecord, best: TrialRecord, rerun: _Rerun | None) -> str | None:
+    """Why the best must be re-run before this candidate can be kept (runner.decision.more_compute), or None: not
+    built on the best (its re-applied run comes first), already re-run, or compared step for step (a step-limited
+    run that reached max_steps did the same work whatever the machine's speed)."""
+    if rec.parent != best.commit or (rerun is not None and rerun.commit == best.commit):
+        return None
+    if decision.compared_by_steps(loop.policy.train.max_steps, rec.num_steps):
+        return None
+    return decision.more_compute(rec, best, loop.policy.decision.max_speed_drift)
+
+
+def _recheck(loop, n: int, rec: TrialRecord, best: TrialRecord, why: str) -> _Rerun:
+    """Re-run the best with its seed in trials/<n>/recheck; rec.recheck says why and what it gave."""
+    seed = best.seed if best.seed is not None else loop.policy.seed
+    loop.events.trial_phase(n, "rechecking", f"the best {best.commit[:12]} again, seed {seed}: {why}")
+    t = time.monotonic()
+    ro = loop.trial(n, best.commit, seed, "recheck")
+    rec.timings["recheck_s"] = round(rec.timings.get("recheck_s", 0.0) + time.monotonic() - t, 3)
+    differs = decision.speed_differs(rec, ro, loop.policy.decision.max_speed_drift) if ro.status == "ok" else None
+    got = (f"it ended {ro.status}: {ro.error}" if ro.status != "ok" else
+           f"val_bpb {ro.val_bpb:.6f}, calibration {_num(ro.calibration_s, '.3f', ' s')}, CPU share "
+           f"{_num(ro.cpu_share, '.0%')}" + (f"; {differs}" if differs else ""))
+    rec.recheck = f"re-ran the best {best.commit[:12]} (seed {seed}) before deciding: {why}; the re-run gave {got}"
+    unusable = "" if ro.status == "ok" and not differs else (
+        f"not kept: it got more compute than the best's run, and the best's re-run "
+        f"{'ended ' + ro.status if ro.status != 'ok' else 'ran at another speed again'}, so its gain cannot be "
+        "told from the machine's speed")
+    return _Rerun(best.commit, ro, unusable)
+
+
+def _num(x: float | None, fmt: str, unit: str = "") -> str:
+    return "unmeasured" if x is None else f"{x:{fmt}}{unit}"
 
 
 def _reapply(loop, n: int, rec: TrialRecord, best: TrialRecord) -> str | None:
@@ -177,7 +240,8 @@ def _reapply(loop, n: int, rec: TrialRecord, best: TrialRecord) -> str | None:
 def _summary(o, seed: int) -> dict:
     return {"seed": seed, "status": o.status, "val_bpb": o.val_bpb, "error": o.error,
             "training_seconds": number(o.timings.get("train_host_s")),
-            "claimed_training_seconds": number(o.train_summary.get("training_seconds")), "trial_timings": o.timings}
+            "claimed_training_seconds": number(o.train_summary.get("training_seconds")), "trial_timings": o.timings,
+            "calibration_s": o.calibration_s, "cpu_share": o.cpu_share}
 
 
 class _Stopwatch:

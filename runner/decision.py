@@ -18,6 +18,18 @@ unchanged code give exactly the best's val_bpb, which the strict rule never keep
 line; `run`, `baseline` and the report show it. A step-limited run that the time budget stopped before
 max_steps (a loaded machine) is not reproducible either: `short_of_steps` says so, and such a run is never kept
 (a baseline that falls short stops the run with the fix).
+
+Comparisons on a machine of the same speed: with a wall-clock budget, a run that got more compute trains more
+steps and scores better with the same code. Each trial's compute is measured outside the candidate: the trusted
+launcher's fixed calibration kernel (`calibration_s`, the machine's speed; the code cannot change it) and the
+train container's CPU share of its quota (`cpu_share`, the machine's load and the code's own use of its cores).
+A candidate that would be kept but got more compute than the best by more than `decision.max_speed_drift`
+(`more_compute`) is not kept on that basis: the best is re-run now, same seed (runner.candidate, trials/<n>/recheck),
+and the candidate is judged against that re-run instead, provided the re-run's calibration matches the
+candidate's (`speed_differs`: the machine changed again -> discard). Only the calibration is compared then: the
+re-run measured the best's code under today's load, and a CPU share that still differs is the code's own doing.
+A step-limited run that reached train.max_steps is compared step for step, so its speed does not matter
+(`compared_by_steps`).
 """
 from __future__ import annotations
 
@@ -77,6 +89,43 @@ def short_of_steps(max_steps: int | None, num_steps: int | None) -> str | None:
     return (f"trained {num_steps} of train.max_steps {max_steps} steps before the time budget ran out, so its "
             "val_bpb is not reproducible step for step; raise train.budget_seconds or lower train.max_steps "
             "(or run on a less loaded machine)")
+
+
+def compared_by_steps(max_steps: int | None, num_steps: int | None) -> bool:
+    """A step-limited run that reached train.max_steps: it did the same work whatever the machine's speed, so no
+    re-run for speed. num_steps is the candidate's claim; a candidate that lies about it gains only what ignoring
+    max_steps gains anyway (training up to the wall-clock budget, which the host enforces)."""
+    return max_steps is not None and num_steps is not None and num_steps >= max_steps
+
+
+def more_compute(run, ref, max_drift: float | None) -> str | None:
+    """One line when `run` got measurably more compute than `ref` (TrialRecords or TrialOutcomes): its calibration
+    faster than ref's by more than max_drift, or its CPU share higher by more than that; None otherwise, or when
+    neither was measured on both."""
+    if max_drift is None:
+        return None
+    c, r = getattr(run, "calibration_s", None), getattr(ref, "calibration_s", None)
+    if c and r and r / c - 1 > max_drift + EPS:
+        return (f"its calibration took {c:.3f} s against {r:.3f} s in the best's run, a machine {r / c - 1:.0%} "
+                f"faster (decision.max_speed_drift {max_drift:.0%})")
+    c, r = getattr(run, "cpu_share", None), getattr(ref, "cpu_share", None)
+    if c and r and c / r - 1 > max_drift + EPS:
+        return (f"its train container got {c:.0%} of its CPU quota against {r:.0%} in the best's run "
+                f"(decision.max_speed_drift {max_drift:.0%})")
+    return None
+
+
+def speed_differs(run, rerun, max_drift: float | None) -> str | None:
+    """One line when the machine's speed (the calibration) differs between `run` and `rerun` by more than
+    max_drift either way; None otherwise, or when either has no calibration."""
+    c, r = getattr(run, "calibration_s", None), getattr(rerun, "calibration_s", None)
+    if max_drift is None or not c or not r:
+        return None
+    drift = max(c, r) / min(c, r) - 1
+    if drift > max_drift + EPS:
+        return (f"the machine's speed changed again: calibration {r:.3f} s in the re-run against {c:.3f} s in the "
+                f"candidate's run ({drift:.0%} apart)")
+    return None
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:

@@ -3,19 +3,27 @@
 Checks: the experiment repository (a commit holding the allowed files), the Docker engine and its API, the
 trial image, the NVIDIA runtime when the policy wants a GPU (these three from runner.sandbox.preflight), the
 prepared data (manifest present, every file's sha256 verified), and, for the openai proposer, the endpoint
-(answers /models within a few seconds).
+(answers /models within a few seconds, and lists the policy's model when it offers a list).
+
+`before_run` is what `run` checks before it makes anything (a branch, run.json, a container) and on --resume
+before it continues: the endpoint (openai proposer only), the engine against the policy (the Docker executor
+only), then the data (every file's sha256: the slowest, so last). The first failure is one line: UserError for
+what the user fixes, InfraError for an engine that does not answer.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from trainer.shards import DataError, verify
+from trainer.shards import DataError, load_manifest, verify
 
-from .errors import AutoresearchError
+from .errors import AutoresearchError, UserError
 from .policy import Policy
 from .sandbox.preflight import PreflightCheck
 
 ENDPOINT_TIMEOUT_S = 5.0
+ENDPOINT_REASON_CHARS = 120     # of a connection error's cause, in a check's detail
+MODELS_SHOWN = 5                # of the endpoint's model list, when the policy's model is not in it
 
 
 def check_repo(repo: Path, policy: Policy) -> PreflightCheck:
@@ -40,11 +48,22 @@ def check_data(data: Path | None) -> PreflightCheck:
     try:
         manifest = verify(data)
     except DataError as e:
-        return PreflightCheck("data", False, str(e))  # a DataError names its own fix
+        return PreflightCheck("data", False, str(e), _remake(data))  # a DataError names its own fix; this the command
     floor = manifest.get("bpb_floor")
     return PreflightCheck("data", True, f"{data}: {len(manifest['files'])} files verified ({manifest.get('source')}"
                                + (f", bpb floor {floor:.4f})" if isinstance(floor, (int, float)) else ")")
                                + _older_grammar(data, manifest))
+
+
+def _remake(data: Path) -> str:
+    """The command that makes `data` again, when its manifest still says from what ("" otherwise)."""
+    try:
+        source = load_manifest(data).get("source")
+    except DataError:
+        return ""
+    if not isinstance(source, str) or not source:
+        return ""
+    return f"remake it: `autoresearch prepare {source} --out {data} --force` (with the options it was made with)"
 
 
 def _older_grammar(data: Path, manifest: dict) -> str:
@@ -62,13 +81,12 @@ def check_endpoint(policy: Policy) -> PreflightCheck:
     """The openai proposer's endpoint answers (a GET of /models with a short timeout)."""
     import openai
 
-    from .errors import UserError
     from .proposers.openai_llm import make_client
     cfg = policy.proposer
     try:
         client = make_client(cfg).with_options(timeout=ENDPOINT_TIMEOUT_S, max_retries=0)
     except UserError as e:
-        return PreflightCheck("endpoint", False, str(e), f"export {cfg.api_key_env}=... or set proposer.base_url")
+        return PreflightCheck("endpoint", False, str(e))  # it names its own fix
     where = str(client.base_url)
     try:
         models = [m.id for m in client.models.list()]
@@ -78,13 +96,26 @@ def check_endpoint(policy: Policy) -> PreflightCheck:
     except openai.APIStatusError as e:
         return PreflightCheck("endpoint", True, f"{where} answers (HTTP {e.status_code} on /models; the model list is "
                                        "not offered)")
-    except openai.APIConnectionError as e:
-        return PreflightCheck("endpoint", False, f"{where} did not answer: {' '.join(str(e).split())[:120]}",
+    except openai.APITimeoutError:
+        return PreflightCheck("endpoint", False, f"{where} did not answer within {ENDPOINT_TIMEOUT_S:g} s",
                      "start the server or fix proposer.base_url in the policy")
-    if models and cfg.model not in models:
-        return PreflightCheck("endpoint", False, f"{where} answers but does not serve model {cfg.model!r} "
-                                        f"(has: {', '.join(models[:5])})", "set proposer.model in the policy")
+    except openai.APIConnectionError as e:
+        return PreflightCheck("endpoint", False, f"{where} did not answer ({_cause(e)})",
+                     "start the server or fix proposer.base_url in the policy")
+    if models and cfg.model not in models and f"{cfg.model}:latest" not in models:   # Ollama lists "name:latest"
+        return PreflightCheck("endpoint", False, f"{where} answers but model {cfg.model!r} is not in its list "
+                                        f"(has: {', '.join(map(str, models[:MODELS_SHOWN]))})",
+                                        "set proposer.model in the policy to one it has")
     return PreflightCheck("endpoint", True, f"{where} answers; model {cfg.model!r}")
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost cause of a connection error, as a person reads it: "connection refused" rather than the
+    client's "Connection error."."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", " ".join(str(e).split()))[:ENDPOINT_REASON_CHARS]
+    return (text[:1].lower() + text[1:]) or type(e).__name__
 
 
 def checks(repo: Path, policy: Policy, data: Path | None, image: str | None, proposer: str) -> list[PreflightCheck]:
@@ -92,12 +123,31 @@ def checks(repo: Path, policy: Policy, data: Path | None, image: str | None, pro
     out = [check_repo(repo, policy)]
     engine = preflight.checks(policy, image or policy.image)
     out += engine
-    if image is None and policy.image is None and all(c.ok for c in engine):
+    if image is None and policy.image is None and all(c.ok for c in engine if c.name in ("engine", "api")):
         out.append(_built_image(policy))
     out.append(check_data(data))
     if proposer == "openai":
         out.append(check_endpoint(policy))
     return out
+
+
+def before_run(policy: Policy, data: Path, proposer: str, executor) -> None:
+    """Raise the first check a run would otherwise fail late, as one line (module docstring): the endpoint when
+    `proposer` is openai, the engine against the policy when `executor` is the Docker executor, the data."""
+    from .sandbox import preflight
+    found = [check_endpoint(policy)] if proposer == "openai" else []
+    if getattr(executor, "name", "") == "docker":
+        found += preflight.checks(policy, None, getattr(executor, "client", None))
+    for c in found:
+        if not c.ok:
+            raise UserError(_line(c)) if c.name == "endpoint" else preflight.error(c)
+    c = check_data(data)
+    if not c.ok:
+        raise UserError(_line(c))
+
+
+def _line(c: PreflightCheck) -> str:
+    return f"{c.name} check failed: {c.detail}" + (f"; {c.fix}" if c.fix else "")
 
 
 def _built_image(policy: Policy) -> PreflightCheck:

@@ -4,7 +4,7 @@ A run hands an `Executor` one `TrialSpec` at a time and gets a `TrialOutcome` ba
 
     executor = make("docker")                      # runner/sandbox/executor.py: the hardened Docker containers
     image = executor.resolve_image(policy)         # the image a new run pins in run.json (UserError: none built)
-    executor.remove_leftovers(run_tag)             # what a dead run with this tag left behind
+    executor.remove_leftovers(run_tag)             # what dead runs left behind (any tag whose lock is free)
     executor.start(policy, image=..., data_dir=..., run_tag=..., work_dir=...)   # start ahead for the next trial
     outcome = executor.run(spec, on_line, on_phase)                             # train, then eval
     executor.close()                               # whatever was started ahead, removed; idempotent
@@ -52,6 +52,10 @@ class TrialOutcome:
     error: str = ""                   # one line when status != ok
     slot: str = ""                    # where it ran: "0", "gpu1", "node-ab12/0"
     attempts: int = 1                 # >1: an executor re-ran it after an infra failure (a node lost mid-trial)
+    # how much compute the trial got, measured outside the candidate (None where it could not be measured)
+    calibration_s: float | None = None   # the trusted launcher's fixed kernel, before the hand-over (lower: faster)
+    cpu_share: float | None = None       # train container CPU s / (host train s x quota cores); 1.0: all of it
+    throttled_s: float | None = None     # seconds the CPU quota held the train container back (cgroup)
 
 
 OnLine = Callable[[str], None]
@@ -66,7 +70,8 @@ class Executor(Protocol):
         """The image tag a new run under `policy` pins (the one `autoresearch build` made); UserError if none."""
 
     def remove_leftovers(self, run_tag: str) -> int:
-        """Remove what a dead run with this tag left behind; how many things were removed."""
+        """Remove what dead runs left behind, this run's earlier runners' at least (Docker: every run on the host
+        whose lock is free); how many things were removed."""
 
     def start(self, policy, *, image: str, data_dir: Path, run_tag: str, work_dir: Path) -> None:
         """Get ready for this run's trials (start the next trial's sandbox ahead, where the engine can)."""
@@ -75,7 +80,8 @@ class Executor(Protocol):
         """One trial: train the candidate, score its model. See the module docstring for the contract."""
 
     def close(self) -> None:
-        """Release whatever start() and run() left running. Safe to call twice, and without start()."""
+        """Release whatever start() and run() left running, the trials still in flight included (an interrupt);
+        after it run() starts nothing. Safe to call twice, and without start()."""
 
 
 def make(kind: str = "docker", address: str | None = None) -> Executor:

@@ -69,6 +69,11 @@ class TrialRecord:
     confirm: dict | None = None                         # confirmation re-run: {seed, status, val_bpb, ...}
     rebased: dict | None = None                         # re-applied onto a newer best and re-run: {commit, ...}
     log_tail: str = ""                                  # the train log's tail when the trial failed
+    # how much compute it got, measured outside the candidate (runner.sandbox.calibration, runner.sandbox.cgroup)
+    calibration_s: float | None = None      # the trusted launcher's fixed kernel in its train container (lower: faster)
+    cpu_share: float | None = None          # train container CPU s / (host train s x quota cores); 1.0: all of it
+    throttled_s: float | None = None        # cgroup throttled time during training
+    recheck: str = ""                       # why the best was re-run before deciding, and what that gave
     started_at: float = 0.0                             # unix time
     finished_at: float = 0.0
     schema: str = SCHEMA
@@ -102,6 +107,7 @@ def fill(rec: TrialRecord, o) -> None:
     rec.train_tokens = round(tps * claimed) if tps is not None and claimed else None   # claims: informational
     rec.image_digest = o.image_digest
     rec.slot = o.slot
+    rec.calibration_s, rec.cpu_share, rec.throttled_s = o.calibration_s, o.cpu_share, o.throttled_s
     rec.trial_timings = dict(o.timings or {})
     if o.attempts > 1:                      # an executor re-ran it after an infra failure (a node lost)
         rec.trial_timings["attempts"] = o.attempts

@@ -1,7 +1,8 @@
 """The research loop: propose -> check -> commit -> trial -> decide -> ledger + branch. TRUSTED CODE.
 
 Reads top to bottom as the data flow of one run (`Loop.run`):
-    open the run     runs/<tag>/ (run.json, lock: runner.runs), the branch autoresearch/<tag>, the ledger; on
+    open the run     checked first (runner.doctor.before_run: endpoint, engine vs policy, data), then
+                     runs/<tag>/ (run.json, lock: runner.runs), the branch autoresearch/<tag>, the ledger; on
                      --resume reconcile the branch with the ledger; the executor removes what a dead run left
                      behind and gets the first trial ready
     baseline         the start commit, trained `baseline_repeats` times (seeds seed, seed+1, ...; side by side
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from . import candidate, decision, runs
+from . import candidate, decision, doctor, runs, usage
 from .errors import InfraError, UserError
 from .executor import Executor, TrialOutcome, TrialSpec, make as make_executor
 from .ledger import Ledger, RunSummary, TrialRecord, baseline_of, best_of, fill, next_id, summarize
@@ -60,12 +61,14 @@ class Loop:
         self.dir.mkdir(parents=True, exist_ok=True)
         with runs.RunLock(self.dir / ".lock", self.tag), contextlib.ExitStack() as stack:
             meta = self._open()                              # run.json + branch (+ reconcile on resume)
-            self.executor.remove_leftovers(self.tag)         # what a dead run with this tag left behind
+            self.executor.remove_leftovers(self.tag)         # what dead runs left: this tag's, any whose lock is free
             stack.callback(self.executor.close)
             self.executor.start(self.policy, image=self.image, data_dir=self.data, run_tag=self.tag,
                                 work_dir=self.dir / "slots")  # the next trial is made ready ahead
             records = self.ledger.records()
-            self.events.run_started({**meta, "resume": self.cfg.resume, "trials_done": len(records)})
+            self.events.run_started({**meta, "resume": self.cfg.resume, "trials_done": len(records),
+                                     "summary": self.summary(records),
+                                     "threshold": getattr(baseline_of(records), "threshold", None)})
             self.records, self.best = records, best_of(records)
             baseline_n = next_id(records) if self.best is None else None
             proposals = self._proposals(baseline_n)         # the first proposal is made while the baseline trains
@@ -93,16 +96,20 @@ class Loop:
         self.left = None if self.max_trials is None else max(0, self.max_trials - started)
         # an instant proposer (mutate) never keeps a slot waiting: asked on demand, each proposal sees every result
         ahead = 0 if getattr(self.proposer, "instant", False) else self.policy.proposer.ahead
-        return Proposals(self.proposer, self._context, ahead=ahead, limit=self.left).start()
+        limit = 0 if self._over_cap({}) else self.left      # a run resumed at its LLM cap asks for nothing
+        return Proposals(self.proposer, self._context, ahead=ahead, limit=limit,
+                         on_note=self.events.proposer_note).start()
 
     def _keep_slots_busy(self, proposals: Proposals) -> str:
         """Candidates in flight on every slot of the executor, each on its own thread (runner.candidate), the
-        next proposals made ahead (runner.proposals), until max_trials or --hours; why it stopped."""
+        next proposals made ahead (runner.proposals), until max_trials, --hours, --max-tokens or --max-cost; why
+        it stopped."""
         slots = max(1, self.executor.slots)
         deadline = time.monotonic() + self.cfg.hours * 3600 if self.cfg.hours else None
         unfinished, left = self.unfinished, self.left
         finished: queue.Queue = queue.Queue()
         in_flight, taken, stopped, infra_in_a_row = 0, 0, "", 0
+        taken_usage: dict[int, dict] = {}            # trial id -> its proposal's LLM usage (until it is recorded)
         try:
             while True:
                 while in_flight < slots and not stopped:
@@ -112,12 +119,15 @@ class Loop:
                         stopped = f"max_trials {self.max_trials} reached"
                     elif deadline is not None and time.monotonic() >= deadline:
                         stopped = f"--hours {self.cfg.hours} spent"
+                    elif capped := self._over_cap(taken_usage):
+                        stopped = capped
                     else:
                         if not proposals.ready:
                             self.events.phase("proposing", self.proposer.name)   # a slot waits for it
                         t_ask = time.monotonic()
                         proposal, ctx, seconds = proposals.get()
                         waited = time.monotonic() - t_ask
+                        taken_usage[ctx.trial_id] = proposal.usage
                         job, taken = (candidate.run_candidate, ctx.trial_id, proposal, ctx, seconds, waited), taken + 1
                     if not stopped:
                         threading.Thread(target=self._work, args=(finished, *job), daemon=True).start()
@@ -136,6 +146,24 @@ class Loop:
             proposals.close()
             with self.lock:
                 self.ended = True                # a trial still in flight records nothing after this
+
+    def _over_cap(self, taken_usage: dict[int, dict]) -> str:
+        """Why the run's LLM caps stop it ("" while under them): the usage in the ledger plus that of the proposals
+        taken but not yet recorded. Proposals made ahead and not taken are not counted: up to proposer.ahead
+        proposals (and the one being made) can be spent beyond a cap, and their usage is in no record."""
+        if self.max_tokens is None and self.max_cost is None:
+            return ""
+        prices = self.policy.proposer.prices
+        if self.max_cost is not None and prices is None:
+            raise UserError(f"--max-cost {self.max_cost:g} needs prices, but run {self.tag}'s policy has no "
+                            "proposer.prices; add them to the policy, or use --max-tokens")
+        with self.lock:
+            recorded = {r.trial for r in self.records}
+            spent = usage.totals(self.records)
+        for n, raw in taken_usage.items():
+            if n not in recorded:
+                spent = usage.add(spent, raw)
+        return usage.cap_reached(spent, prices, max_tokens=self.max_tokens, max_cost=self.max_cost)
 
     def _work(self, finished: queue.Queue, fn, *args) -> None:
         try:
@@ -175,22 +203,29 @@ class Loop:
                                 "another --tag")
             policy = self.cfg.policy or Policy()
             data = runs.resolve_data_dir(self.cfg.data_dir)
+            self._check(policy, data, self.cfg.proposer or policy.proposer.kind)   # before anything is made
             start = runs.start_commit(self.ws, policy, self.tag, self.cfg.commit_changes)
             if not any(p in self.ws.tree(start) for p in policy.patch.allowed_files):
                 raise UserError(f"commit {start[:12]} of {self.ws.root} has none of the allowed files "
                                 f"({', '.join(policy.patch.allowed_files)}); commit train.py first")
-            self.executor = self.executor or make_executor(policy.executor.kind, policy.executor.address)
             image = self.cfg.image or policy.image or self.executor.resolve_image(policy)
             if self.proposer is None:   # before the branch exists: a missing API key must not leave one behind
                 self.proposer = make(self.cfg.proposer or policy.proposer.kind, policy)
             self.ws.create_branch(self.tag, start)
             meta = runs.new_meta(self.dir, tag=self.tag, repo=self.ws.root, start=start, policy=policy, data=data,
                                  proposer=self.cfg.proposer or policy.proposer.kind,
-                                 max_trials=self.cfg.max_trials, image=image)
+                                 max_trials=self.cfg.max_trials, image=image, max_tokens=self.cfg.max_tokens,
+                                 max_cost=self.cfg.max_cost)
         else:
+            opened = time.time()
             meta = runs.resumed_meta(self.dir, self.tag, policy=self.cfg.policy, data_dir=self.cfg.data_dir,
+                                     check=self._check,
                                      overrides={"proposer": self.cfg.proposer, "max_trials": self.cfg.max_trials,
-                                                "image": self.cfg.image})
+                                                "image": self.cfg.image, "max_tokens": self.cfg.max_tokens,
+                                                "max_cost": self.cfg.max_cost})
+            for change in [c for c in meta.get("policy_changes", []) if c["at"] >= opened]:   # runner.policy_change
+                self.events.phase("resume", "policy changed: " + ", ".join(f"{f} {old} -> {new}" for f, (old, new)
+                                                                          in change["changes"].items()))
             if self.ledger.repair():
                 self.events.phase("resume", "cut a torn last ledger line")
             moved = runs.reconcile(self.ws, self.tag, meta["start_commit"], branch, best_of(self.ledger.records()))
@@ -201,6 +236,8 @@ class Loop:
         self.executor = self.executor or make_executor(self.policy.executor.kind, self.policy.executor.address)
         self.data = Path(meta["data_dir"])
         self.max_trials = meta["max_trials"]
+        # the LLM caps of the whole run (runner.usage), kept in run.json like max_trials: --resume keeps them
+        self.max_tokens, self.max_cost = meta.get("max_tokens"), meta.get("max_cost")
         # fixed when the run started: a resumed run stays on the same image even if the recipe changed since
         self.image = meta["image"] or self.executor.resolve_image(self.policy)
         self.start = meta["start_commit"]
@@ -209,6 +246,12 @@ class Loop:
         if self.proposer is None:
             self.proposer = make(meta["proposer"], self.policy)
         return meta
+
+    def _check(self, policy: Policy, data: Path, proposer: str) -> None:
+        """Before the run makes or changes anything: what would otherwise fail late (runner.doctor.before_run: the
+        endpoint of an openai proposer, the engine against the policy, the data), as one line."""
+        self.executor = self.executor or make_executor(policy.executor.kind, policy.executor.address)
+        doctor.before_run(policy, data, self.proposer.name if self.proposer is not None else proposer, self.executor)
 
     # =========================================================================== the baseline
     def _baseline(self, n: int) -> TrialRecord:
@@ -222,11 +265,15 @@ class Loop:
                           image=self.image)
         seeds = decision.repeat_seeds(self.policy.seed, self.policy.decision.baseline_repeats)
         subs = ["" if i == 0 else f"repeat-{i}" for i in range(len(seeds))]
-        with ThreadPoolExecutor(min(len(seeds), max(1, self.executor.slots))) as pool:   # side by side on slots
+        pool = ThreadPoolExecutor(min(len(seeds), max(1, self.executor.slots)))   # side by side on slots
+        try:
             outcomes = list(pool.map(lambda seed, sub: self.trial(n, self.start, seed, sub), seeds, subs))
+        finally:               # an interrupt does not wait for the trials in flight: the executor's close removes them
+            pool.shutdown(wait=False, cancel_futures=True)
         main = outcomes[0]
         fill(rec, main)
-        rec.repeats = [{"seed": s, "status": o.status, "val_bpb": o.val_bpb} for s, o in zip(seeds, outcomes)]
+        rec.repeats = [{"seed": s, "status": o.status, "val_bpb": o.val_bpb, "calibration_s": o.calibration_s,
+                        "cpu_share": o.cpu_share} for s, o in zip(seeds, outcomes)]
         rec.noise_std = decision.noise_std([o.val_bpb for o in outcomes if o.status == "ok"])
         rec.threshold = decision.threshold(self.policy.decision, rec.noise_std)
         rec.status = "keep" if main.status == "ok" else main.status
@@ -249,12 +296,15 @@ class Loop:
             work = runs.fresh_dir(work / sub)
         work.mkdir(parents=True, exist_ok=True)
         candidate = self.ws.export(commit, self.allowed, work / "candidate")
-        self.events.trial_phase(n, "starting", f"seed {seed}")
+        repeats = self.policy.decision.baseline_repeats      # the baseline's runs are numbered for the views
+        what = f"seed {seed}" + (f" (baseline repeat {int(sub[7:] or 0) + 1} of {repeats})" if commit == self.start
+                                 and repeats > 1 and (sub == "" or sub.startswith("repeat-")) else "")
+        self.events.trial_phase(n, "starting", what)
         spec = TrialSpec(run_tag=self.tag, trial_id=f"{n}-{sub}" if sub else str(n), candidate_dir=candidate,
                          data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work)
         with runs.LogTee(work / "train.log", lambda text: self.events.trial_line(n, text)) as on_line:
             return self.executor.run(spec, on_line,
-                                     on_phase=lambda name: self.events.trial_phase(n, name, f"seed {seed}"))
+                                     on_phase=lambda name: self.events.trial_phase(n, name, what))
 
     # =========================================================================== summaries
     def summary(self, records: list[TrialRecord]) -> RunSummary:

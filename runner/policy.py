@@ -108,6 +108,16 @@ class DecisionRules(_Strict):
     baseline_repeats: int = Field(1, ge=1, description="baseline runs (different seeds) to measure noise")
     confirm_wins: bool = Field(False, description="re-run an apparent win with another seed before keeping it")
     noise_sigmas: float = Field(2.0, ge=0, description="with repeats: a gain must exceed this many std devs")
+    max_speed_drift: float | None = Field(0.10, gt=0, description="a would-be keep that got more compute than the "
+                                          "best by more than this fraction (calibration faster, or a higher CPU "
+                                          "share) is judged against a re-run of the best instead; None: never")
+
+
+class Prices(_Strict):
+    """The policy's `proposer.prices`: what the endpoint charges, in dollars per million tokens (runner.usage)."""
+    input_per_million: float = Field(ge=0, allow_inf_nan=False, description="dollars per million prompt tokens")
+    output_per_million: float = Field(ge=0, allow_inf_nan=False,
+                                      description="dollars per million completion tokens")
 
 
 class ProposerSettings(_Strict):
@@ -124,6 +134,8 @@ class ProposerSettings(_Strict):
     history: int = Field(10, ge=0, description="recent ledger rows shown to the model")
     ahead: int = Field(1, ge=0, description="proposals made ahead while trials train, so a freed slot never waits "
                        "for the proposer; 0: on demand, each proposal sees every result before it")
+    prices: Prices | None = Field(None, description="dollars per million tokens, for the cost in status, the "
+                                  "report and run --max-cost; None: cost unknown")
 
 
 class Executor(_Strict):

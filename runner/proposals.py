@@ -11,6 +11,10 @@ sees every result before it) and fewer than `limit` were made, it builds a Conte
 and the ledger as they are at that moment: the caller makes that function safe to call from this thread) and
 asks for the next one. Each proposal is returned with the Context it was made from, so its parent is the best
 of that moment. A proposal made while trials train cannot know their results: that is the price of never idling.
+
+A proposer that reports what it does while it works (retries, backoffs) declares a `notify` attribute; while it
+makes the proposal for trial n, `notify` is set to a function that hands each text to `on_note(n, text)`, and
+`on_note(n, "")` follows when that call ends. Nothing is reported after close().
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from .proposers import Context, Proposal, Proposer
 
 class Proposals:
     def __init__(self, proposer: Proposer, context: Callable[[], Context], *, ahead: int = 1,
-                 limit: int | None = None):
+                 limit: int | None = None, on_note: Callable[[int, str], None] | None = None):
         self.proposer, self.context, self.ahead, self.limit = proposer, context, max(0, ahead), limit
+        self.on_note = on_note
         self.made = 0
         self.asking = 0                                  # get() calls waiting
         self.ready: list[tuple[Proposal, Context, float]] = []   # (proposal, its context, seconds it took)
@@ -63,6 +68,14 @@ class Proposals:
         return (not self.closed and self.error is None and len(self.ready) < self.ahead + self.asking
                 and (self.limit is None or self.made < self.limit))
 
+    def _notify(self, trial_id: int) -> None:
+        if self.on_note is not None and hasattr(self.proposer, "notify"):
+            self.proposer.notify = lambda text: self._note(trial_id, text)
+
+    def _note(self, trial_id: int, text: str) -> None:
+        if self.on_note is not None and not self.closed and hasattr(self.proposer, "notify"):
+            self.on_note(trial_id, text)
+
     def _work(self) -> None:
         while True:
             with self.cond:
@@ -74,7 +87,11 @@ class Proposals:
             try:
                 ctx = self.context()
                 t0 = time.monotonic()
-                proposal = self.proposer.propose(ctx)
+                self._notify(ctx.trial_id)
+                try:
+                    proposal = self.proposer.propose(ctx)
+                finally:
+                    self._note(ctx.trial_id, "")
                 item = (proposal, ctx, time.monotonic() - t0)
             except BaseException as e:  # noqa: BLE001 - handed to the run's thread, which raises it
                 with self.cond:

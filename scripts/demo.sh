@@ -40,4 +40,4 @@ TAG=demo-$(date +%Y%m%d-%H%M%S)
 echo "== run $TAG: baseline + $TRIALS mutate trials ($POLICY)"
 autoresearch run --tag "$TAG" --policy "$POLICY" --proposer mutate --max-trials "$TRIALS"
 autoresearch report --tag "$TAG"
-echo "== done: $EXPERIMENT/runs/$TAG/report.md, progress.png; branch autoresearch/$TAG holds the kept changes"
+echo "== done: $EXPERIMENT/runs/$TAG/report.html (report.md, progress.png, loss_curves.png); branch autoresearch/$TAG holds the kept changes"

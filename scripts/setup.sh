@@ -10,5 +10,11 @@ echo "== python package"
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0"
 $PY -m pip install -q --disable-pip-version-check -e ".[test,ray]"
 
+echo "== headless browser (the tests load report.html in it)"
+if ! command -v chromium >/dev/null; then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
+fi
+
 echo "== docker engine and trial image"
 bash .ci/setup-docker.sh

@@ -40,9 +40,10 @@ def _autoresearch_leftovers(client, since: float, mine=lambda run_tag: True):
         except ValueError:
             return since
     out = []
-    for c in client.containers.list(all=True, filters={"label": LABEL_RUN}):
-        if created(c.attrs.get("Created", "")) >= since - 1 and mine(c.labels.get(LABEL_RUN, "")):
-            out.append(f"container {c.name}")
+    # the plain list (no inspect per container): a container another session removes meanwhile is no 404
+    for c in client.api.containers(all=True, filters={"label": LABEL_RUN}):
+        if c.get("Created", 0) >= since - 1 and mine((c.get("Labels") or {}).get(LABEL_RUN, "")):
+            out.append(f"container {(c.get('Names') or ['?'])[0].lstrip('/')}")
     for v in client.api.volumes(filters={"label": LABEL_RUN}).get("Volumes") or []:
         if (created(v.get("CreatedAt", "").replace(" ", "T")[:19]) >= since - 1
                 and mine((v.get("Labels") or {}).get(LABEL_RUN, ""))):

@@ -148,3 +148,13 @@ class FakeExecutor:
 def unusable(ctx):
     return Proposal({}, "(no usable reply)", usage={"calls": 4}, raw_reply="I cannot",
                     error="reply unusable after 4 tries: the reply holds no '<<<<<<< SEARCH <path>' block")
+
+
+def with_usage(edit, tokens, completion=10):
+    """`edit`, reporting the LLM usage of one call of `tokens` tokens (`completion` of them the reply's)."""
+    def propose(ctx):
+        p = edit(ctx)
+        p.usage = {"calls": 1, "prompt_tokens": tokens - completion, "completion_tokens": completion,
+                   "total_tokens": tokens}
+        return p
+    return propose

@@ -15,7 +15,7 @@ from runner.policy import Policy
 from runner.workspace import init_repo
 from trainer.shards import atomic_write_json
 
-from tests.loop_fakes import TRAIN, FakeExecutor, Scripted, crash, set_score
+from tests.loop_fakes import TRAIN, FakeExecutor, Scripted, crash, set_score, with_usage
 
 
 def cli(*args, cwd=None):
@@ -96,6 +96,50 @@ def test_negative_max_trials_is_one_line(exp):
     assert_one_line_error(cli("run", "--repo", repo, "--data", data, "--max-trials", "-1"), "--max-trials")
 
 
+def test_a_cost_cap_without_prices_is_one_line_and_creates_nothing(exp):
+    repo, data = exp
+    p = cli("run", "--repo", repo, "--data", data, "--image", "img:test", "--max-cost", "5")
+    assert_one_line_error(p, "--max-cost 5 needs prices", "no proposer.prices", "input_per_million")
+    assert not (repo / "runs").exists()
+    assert subprocess.run(["git", "-C", str(repo), "branch", "--list", "autoresearch/*"], capture_output=True,
+                          text=True).stdout == ""
+    for flag, value in (("--max-tokens", "0"), ("--max-cost", "-1"), ("--max-cost", "nan")):
+        assert_one_line_error(cli("run", "--repo", repo, "--data", data, flag, value), flag)
+    assert not (repo / "runs").exists()
+
+
+def test_the_run_summary_says_down_from_the_baseline_and_counts_candidates_only(exp, tmp_path, monkeypatch,
+                                                                                  capsys):
+    repo, data = exp
+    policy = tmp_path / "priced.yaml"
+    policy.write_text("proposer:\n  ahead: 0\n  prices: {input_per_million: 1.0, output_per_million: 2.0}\n")
+    proposer = Scripted(with_usage(set_score(0.9), 1000, 100), with_usage(crash, 2000, 100))
+    monkeypatch.setattr("runner.loop.make_executor", lambda *a: FakeExecutor())
+    monkeypatch.setattr("runner.loop.make", lambda kind, policy: proposer)
+    assert main(["run", "--repo", str(repo), "--data", str(data), "--tag", "t", "--image", "img:test", "--plain",
+                 "--policy", str(policy), "--max-trials", "2"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("run t: ")][-1]
+    assert line.startswith("run t: max_trials 2 reached; best val_bpb 0.900000 (val_bpb down 10.00% from baseline "
+                           "1.000000) at ")
+    assert line.endswith("; kept 1 of 2 candidates (crash 1); LLM: 2 calls, 3,000 tokens (2,800 in / 200 out), "
+                         "$0.0032")
+    assert main(["status", "--repo", str(repo), "--tag", "t"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("(val_bpb down 10.00% from baseline 1.000000); kept 1 of 2 candidates (crash 1)")
+    assert out[1] == "  LLM: 2 calls, 3,000 tokens (2,800 in / 200 out), $0.0032"
+
+
+def test_status_shows_a_runs_token_cap_and_what_was_used_of_it(exp, capsys):
+    repo, data = exp
+    cfg = RunConfig(repo=repo, tag="t", data_dir=data, policy=Policy(), image="img:test", max_tokens=1500)
+    proposer = Scripted(*(with_usage(set_score(1.0 - k / 100), 1000) for k in range(1, 4)))
+    assert Loop(cfg, executor=FakeExecutor(), proposer=proposer).run().stopped == \
+        "--max-tokens 1500 reached (2000 used)"
+    assert main(["status", "--repo", str(repo), "--tag", "t"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == \
+        "  LLM: 2 calls, 2,000 tokens (1,980 in / 20 out); caps --max-tokens 1500 (2,000 used)"
+
+
 def test_init_copies_the_default_train_py_and_program_md(tmp_path):
     p = cli("init", tmp_path / "new")
     assert p.returncode == 0, p.stderr
@@ -113,7 +157,9 @@ def test_status_lists_runs_and_shows_one(finished_run, capsys):
     assert main(["status", "--repo", str(finished_run), "--tag", "t"]) == 0
     out = capsys.readouterr().out
     assert "best 0.900000" in out and "baseline 1.000000" in out
-    assert out.splitlines()[0].endswith("; keep 2, discard 1, crash 1")      # the counts, read as a person would
+    # the counts, read as a person would: the baseline is not a kept candidate
+    assert out.splitlines()[0].endswith("(val_bpb down 10.00% from baseline 1.000000); kept 1 of 3 candidates "
+                                        "(discard 1, crash 1)")
 
 
 def test_status_report_and_reproduce_of_an_unknown_run_are_one_line(finished_run):
@@ -126,7 +172,7 @@ def test_report_writes_png_and_md_for_the_latest_run(finished_run, capsys):
     assert main(["report", "--repo", str(finished_run)]) == 0
     run_dir = finished_run / "runs" / "t"
     assert (run_dir / "progress.png").stat().st_size > 1000
-    assert "improvement: 10.00%" in (run_dir / "report.md").read_text()
+    assert "improvement: val_bpb down 10.00%" in (run_dir / "report.md").read_text()
     assert len(Ledger(run_dir).records()) == 4
 
 

@@ -55,3 +55,21 @@ def test_the_evaluator_version_covers_every_file_that_can_change_a_score():
     assert {"contract.py", "process.py", "safe_pt2.py", "graph_ops.py", "presets.yaml"} <= set(evaluate.SCORING_FILES)
     loader_parts = {p.name for p in here.glob("safe_pt2*.py")}
     assert loader_parts <= set(evaluate.SCORING_FILES)
+
+
+def test_the_calibration_is_read_only_before_the_launchers_hand_over_line():
+    real = contract.calibration_line(0.41234, "matmul512f32x96", 2, "cpu")
+    assert real == "launch: calibration seconds=0.4123 kernel=matmul512f32x96 threads=2 device=cpu"
+    fake = contract.calibration_line(0.001, "matmul512f32x96", 2, "cpu")
+    got = contract.parse_calibration(["torch warning", real, contract.LAUNCHED_LINE, fake])
+    assert got == {"seconds": "0.4123", "kernel": "matmul512f32x96", "threads": "2", "device": "cpu"}
+    # the candidate printed its own hand-over line and a calibration: everything after the first one is ignored
+    assert contract.parse_calibration([real, contract.LAUNCHED_LINE, fake, contract.LAUNCHED_LINE]) == got
+    assert contract.parse_calibration([contract.LAUNCHED_LINE, fake]) is None      # none before the hand-over
+    assert contract.parse_calibration([real]) is None                              # no hand-over line at all
+    assert contract.parse_calibration([real] + ["x"] * contract.MAX_PRELAUNCH_LINES + [contract.LAUNCHED_LINE]) is None
+
+
+def test_a_calibration_line_that_is_not_a_finite_positive_number_is_none():
+    for bad in ("seconds=nan", "seconds=-1", "seconds=0", "seconds=1e9", "seconds=fast", "kernel=x"):
+        assert contract.parse_calibration([contract.CALIBRATION_PREFIX + bad, contract.LAUNCHED_LINE]) is None

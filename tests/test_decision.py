@@ -102,3 +102,50 @@ def test_run_and_baseline_print_the_warning_first(tmp_path):
 def test_a_run_short_of_its_step_limit_is_named_and_a_full_one_is_not():
     assert short_of_steps(20, 12).startswith("trained 12 of train.max_steps 20 steps before the time budget")
     assert short_of_steps(20, 20) is None and short_of_steps(None, 3) is None and short_of_steps(20, None) is None
+
+
+# --------------------------------------------------------------------------- comparisons on a machine of one speed
+def run(calibration_s=None, cpu_share=None):
+    from types import SimpleNamespace
+    return SimpleNamespace(calibration_s=calibration_s, cpu_share=cpu_share)
+
+
+def test_a_run_on_a_machine_faster_than_the_bests_by_more_than_the_drift_got_more_compute():
+    why = decision.more_compute(run(0.40), run(0.50), 0.10)           # the best's machine was 25% slower
+    assert why.startswith("its calibration took 0.400 s against 0.500 s in the best's run, a machine 25% faster")
+    assert decision.more_compute(run(0.46), run(0.50), 0.10) is None   # 8.7% faster: within the drift
+    assert decision.more_compute(run(0.60), run(0.50), 0.10) is None   # slower: it got less, not more
+    assert decision.more_compute(run(0.40), run(0.50), None) is None   # the policy turned the rule off
+
+
+def test_a_larger_share_of_the_cpu_quota_than_the_bests_is_more_compute():
+    why = decision.more_compute(run(0.5, 0.95), run(0.5, 0.50), 0.10)
+    assert why.startswith("its train container got 95% of its CPU quota against 50% in the best's run")
+    assert decision.more_compute(run(0.5, 0.95), run(0.5, 0.90), 0.10) is None
+    assert decision.more_compute(run(0.5, 0.50), run(0.5, 0.95), 0.10) is None   # less CPU: no basis to doubt
+
+
+def test_without_a_measure_on_both_sides_nothing_is_claimed():
+    assert decision.more_compute(run(None, None), run(0.5, 0.5), 0.10) is None
+    assert decision.more_compute(run(0.4, None), run(None, 0.5), 0.10) is None
+
+
+def test_a_rerun_is_comparable_only_at_the_candidates_speed_either_way():
+    assert decision.speed_differs(run(0.40), run(0.42), 0.10) is None
+    assert decision.speed_differs(run(0.40), run(0.60), 0.10).startswith("the machine's speed changed again: "
+                                                                        "calibration 0.600 s in the re-run")
+    assert decision.speed_differs(run(0.60), run(0.40), 0.10) is not None
+    assert decision.speed_differs(run(0.40), run(None), 0.10) is None
+
+
+def test_a_step_limited_run_that_reached_its_steps_is_compared_step_for_step():
+    assert decision.compared_by_steps(20, 20) and decision.compared_by_steps(20, 21)
+    assert not decision.compared_by_steps(20, 12) and not decision.compared_by_steps(None, 50)
+    assert not decision.compared_by_steps(20, None)
+
+
+def test_the_drift_is_a_policy_value_that_can_be_turned_off():
+    assert DecisionRules().max_speed_drift == 0.10
+    assert DecisionRules(max_speed_drift=None).max_speed_drift is None
+    with pytest.raises(ValueError):
+        DecisionRules(max_speed_drift=0)

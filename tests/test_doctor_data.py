@@ -25,3 +25,15 @@ def test_synthetic_data_of_an_older_grammar_passes_with_a_note_naming_the_comman
     assert c.ok, c.detail
     assert f"made by grammar stories/1, this version makes {synthetic.GRAMMAR_VERSION}" in c.detail
     assert f"autoresearch prepare synthetic --out {d} --force" in c.detail
+
+
+def test_a_corrupt_val_shard_fails_naming_the_file_and_the_command_that_remakes_the_data(tmp_path):
+    d = tmp_path / "d"
+    prepare("synthetic", d, seed=1, train_docs=200, val_docs=10, log=lambda s: None)
+    shard = min((d / "val").iterdir())
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF                        # one byte flipped: same size, other content
+    shard.write_bytes(bytes(data))
+    c = check_data(d)
+    assert not c.ok and str(shard) in c.detail and "does not match its sha256" in c.detail
+    assert c.fix == f"remake it: `autoresearch prepare synthetic --out {d} --force` (with the options it was made with)"

@@ -171,10 +171,15 @@ def test_baseline_repeats_run_side_by_side_when_there_are_two_slots(exp):
 
 def test_a_run_stopped_with_two_trials_in_flight_resumes_each_once(exp):
     repo, _ = exp
-    gates = {"1": threading.Event()}
+    gates, one_started = {"1": threading.Event()}, threading.Event()
+    executor = FakeExecutor(slots=2, gates=gates, interrupt_at="2")
+    executor.on_start = lambda trial_id: one_started.set() if trial_id == "1" else None
+
+    def second(ctx):                       # trial 2 starts (and is interrupted) only once trial 1 trains
+        assert one_started.wait(10)
+        return bonus(1)(ctx)
     with pytest.raises(KeyboardInterrupt):
-        run(exp, Scripted(set_score(0.9), bonus(1)), FakeExecutor(slots=2, gates=gates, interrupt_at="2"),
-            max_trials=3)
+        run(exp, Scripted(set_score(0.9), second), executor, max_trials=3)
     gates["1"].set()                       # the abandoned trial 1 ends now: it must not write to the ledger
     assert [r.trial for r in Ledger(repo / "runs" / "t").records()] == [0]
     refs = Workspace(repo).trial_refs("t")

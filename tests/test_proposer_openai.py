@@ -115,3 +115,32 @@ def test_the_real_openai_endpoint_needs_a_key(monkeypatch):
     monkeypatch.delenv("AUTORESEARCH_TEST_NO_SUCH_KEY", raising=False)
     with pytest.raises(UserError, match=r"\$AUTORESEARCH_TEST_NO_SUCH_KEY"):
         OpenAIProposer(ProposerSettings(kind="openai", api_key_env="AUTORESEARCH_TEST_NO_SUCH_KEY"))
+
+
+def test_each_backoff_and_re_ask_is_reported_before_its_wait(llm_server):
+    heard = []
+    llm_server.push({"status": 500}, {"status": 429, "retry_after": "0.2"}, {"reply": MISSES}, {"reply": GOOD})
+    p = proposer(llm_server)
+    p.sleep = lambda seconds: heard.append(f"sleep {seconds:g}")
+    p.notify = heard.append
+    assert p.propose(ctx()).files
+    assert heard == ["retry 1/5 after HTTP 500, waiting 0.01 s", "sleep 0.01",
+                     "retry 2/5 after HTTP 429, waiting 0.2 s", "sleep 0.2",
+                     "reply unusable (block 1: SEARCH text not found in train.py), re-asking (2/4)"]
+
+
+def test_only_the_tries_that_follow_are_reported(llm_server):
+    heard = []
+    llm_server.push(*[{"reply": "no blocks here"}] * 3)
+    p = proposer(llm_server, max_retries=2)
+    p.notify = heard.append
+    assert p.propose(ctx()).error
+    assert [h.rsplit(" ", 1)[-1] for h in heard] == ["(2/3)", "(3/3)"]     # the last unusable reply asks nothing
+
+    heard.clear()
+    llm_server.push(*[{"status": 502}] * 2)
+    p = proposer(llm_server, [], max_backoff_retries=1)
+    p.notify = heard.append
+    with pytest.raises(ProposerError):
+        p.propose(ctx())
+    assert heard == ["retry 1/1 after HTTP 502, waiting 0.01 s"]          # the last failure waits for nothing

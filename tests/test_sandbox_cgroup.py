@@ -85,3 +85,38 @@ def test_a_meter_without_a_cgroup_reports_none(tmp_path):
 
     cpu = CpuMeter(Container(), root=tmp_path).start().stop()
     assert (cpu.seconds, cpu.quota_cores, cpu.samples) == (None, None, 0)
+
+
+def test_throttled_time_is_read_from_cpu_stat_on_v1_and_v2_and_counted_from_the_mark(tmp_path):
+    from runner.sandbox.cgroup import read_throttled_s
+    d1 = v1(tmp_path / "one", usage_ns=1_000_000_000)
+    stat1 = tmp_path / "one" / "cpu" / "docker" / CID / "cpu.stat"
+    stat1.write_text("nr_periods 40\nnr_throttled 12\nthrottled_time 1500000000\n")
+    files = find_files(CID, None, tmp_path / "one")
+    assert files.throttling == stat1 and read_throttled_s(files) == 1.5
+    (tmp_path / "two").mkdir()
+    d2 = v2(tmp_path / "two")
+    (d2 / "cpu.stat").write_text("usage_usec 9\nnr_throttled 3\nthrottled_usec 250000\n")
+    assert read_throttled_s(find_files(CID, None, tmp_path / "two")) == 0.25
+
+    class Container:
+        id, attrs = CID, {"State": {"Pid": 0}}
+
+        def reload(self):
+            pass
+
+    meter = CpuMeter(Container(), sample_s=0.02, root=tmp_path / "one").start()
+    meter.mark()                                                # 1.5 s throttled before the hand-over
+    (d1 / "cpuacct.usage").write_text("3000000000\n")
+    stat1.write_text("nr_periods 80\nnr_throttled 30\nthrottled_time 2250000000\n")
+    deadline = time.monotonic() + 5
+    while meter.throttled_last != 2.25 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cpu = meter.stop()
+    assert (cpu.seconds, cpu.throttled_s) == (2.0, 0.75)
+
+
+def test_the_cpu_share_is_the_cpu_time_used_over_what_the_quota_allowed():
+    from runner.sandbox.cgroup import cpu_share
+    assert cpu_share(8.0, 5.0, 2.0) == 0.8                      # 8 CPU s in 5 s under a quota of 2 cores
+    assert cpu_share(None, 5.0, 2.0) is None and cpu_share(8.0, 5.0, None) is None and cpu_share(1, 0, 2) is None

@@ -83,3 +83,67 @@ def test_an_old_engine_api_fails_the_api_check():
             return {"Version": "18.09", "ApiVersion": "1.39"}
     checks = {c.name: c for c in preflight.checks(policy(), None, Old(["runc"]))}
     assert not checks["api"].ok and "1.40" in checks["api"].detail
+
+
+# --------------------------------------------------------------------------- the policy's limits against the engine
+ENGINE = {"NCPU": 2, "MemTotal": 8 << 30}          # an engine's /info: 2 cores, 8 GiB
+
+
+def failing(pol, info=ENGINE) -> dict[str, preflight.PreflightCheck]:
+    return {c.name: c for c in preflight.limit_checks(pol, info) if not c.ok}
+
+
+def test_limits_the_engine_can_honour_pass_as_one_line_naming_what_it_has():
+    [c] = preflight.limit_checks(policy(limits={"cpus": 2.0, "memory": "8g", "cpuset": "0-1"}), ENGINE)
+    assert c.ok and c.name == "limits" and "2 cores, 8.0 GiB" in c.detail
+
+
+def test_more_cpus_than_the_engine_has_fails_naming_both_and_the_fix():
+    c = failing(policy(limits={"cpus": 64.0}))["cpus"]
+    assert c.detail == "limits.cpus 64 but the engine has 2 cores"
+    assert c.fix == "set limits.cpus to 2 or less in the policy"
+    with pytest.raises(UserError, match=r"^cpus check failed: limits.cpus 64 but the engine has 2 cores; set"):
+        raise preflight.error(c)
+
+
+def test_more_memory_than_the_engine_has_fails():
+    c = failing(policy(limits={"memory": "9g"}))["memory"]
+    assert c.detail == "limits.memory 9g (9.0 GiB) but the engine has 8.0 GiB" and "8g or less" in c.fix
+    assert failing(policy(limits={"memory": "8192m"})) == {}
+
+
+def test_slots_times_cpus_over_the_engines_cores_fails_and_says_what_fits():
+    c = failing(policy(slots=2, limits={"cpus": 2.0}))["slots"]
+    assert "slots 2 x limits.cpus 2 needs 4 cores, the engine has 2" == c.detail and "limits.cpus to 1" in c.fix
+    assert "set slots to 2 or fewer" in failing(policy(slots=3, limits={"cpus": 1.0}))["slots"].fix
+    assert failing(policy(slots=2, limits={"cpus": 1.0})) == {}
+
+
+def test_a_cpuset_naming_cores_the_engine_lacks_or_too_few_for_the_quota_fails():
+    c = failing(policy(limits={"cpuset": "0,5", "cpus": 1.0}))["cpuset"]
+    assert c.detail == "limits.cpuset 0,5 names core 5, the engine has cores 0-1"
+    c = failing(policy(limits={"cpuset": "1", "cpus": 2.0}))["cpuset"]
+    assert c.detail == "limits.cpus 2 on limits.cpuset 1, which has 1 cores"
+    assert failing(policy(slots=2, limits={"cpuset": "0-7", "cpus": 1.0})) == {}   # CPU slots: each its own share
+
+
+def test_the_limits_are_not_checked_against_this_engine_when_trials_run_elsewhere():
+    assert "cpus" not in {c.name for c in preflight.checks(policy(limits={"cpus": 64.0}, executor={"kind": "ray"}),
+                                                             None, _FakeEngine(["runc"]))}
+
+
+def test_docker_size_strings_are_binary_units():
+    assert [preflight.size_bytes(s) for s in ("512m", "4g", "1.5g", "1048576", "64k")] == [
+        512 << 20, 4 << 30, 3 << 29, 1 << 20, 64 << 10]
+    assert preflight.cores_of("0-3,6") == {0, 1, 2, 3, 6}
+
+
+@pytest.mark.docker
+def test_the_real_engine_refuses_a_policy_asking_for_more_cores_than_it_has(docker_client):
+    ncpu = int(docker_client.info()["NCPU"])
+    checks = {c.name: c for c in preflight.checks(policy(limits={"cpus": float(ncpu + 62)}), None, docker_client)}
+    assert not checks["cpus"].ok and f"the engine has {ncpu} cores" in checks["cpus"].detail
+    with pytest.raises(UserError, match="cpus check failed"):
+        preflight.preflight(policy(limits={"cpus": float(ncpu + 62)}), None, docker_client)
+    ok = {c.name: c.ok for c in preflight.checks(policy(limits={"cpus": 1.0, "memory": "1g"}), None, docker_client)}
+    assert ok == {"engine": True, "api": True, "limits": True}

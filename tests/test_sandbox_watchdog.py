@@ -1,7 +1,8 @@
 """A slot's watchdog (runner/sandbox/watchdog.py), on the real engine: a host process that kills a container still
 running at its deadline + GRACE_S and marks that kill as the deadline's, removes the whole slot when the pipe from
-its runner ends without `done` (what the kernel does when a runner dies), removes it at its maximum life, and on
-`done` exits at once without an engine call. A slot made by open_slot has one, and remove() reaps it."""
+its runner ends without `done` (what the kernel does when a runner dies, and what a removal cut short does), removes
+it at its maximum life, and on `done` exits at once without an engine call. A slot made by open_slot has one, and
+remove() reaps it."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from runner.sandbox import spec
+from runner.sandbox import cleanup, spec
 from runner.sandbox.slot import max_life_s, open_slot
 from runner.sandbox.watchdog import GRACE_S, MARKER, Watchdog
 from tests.sandbox_kit import TEST_RUN_PREFIX, policy
@@ -178,3 +179,26 @@ def test_every_slot_has_a_watchdog_that_its_removal_reaps(tmp_path, docker_clien
     finally:
         assert slot.remove(docker_client) == []
     assert slot.watchdog.proc.returncode == 0            # reaped: no process and no zombie left
+
+
+def test_a_slot_removal_cut_short_by_a_second_signal_is_finished_by_the_watchdog(tmp_path, docker_client, trial_image,
+                                                                                 sandbox_data, monkeypatch):
+    tag = _tag()
+    slot = open_slot(docker_client, policy(), image=trial_image.tag, data_dir=sandbox_data, run_tag=tag,
+                     slot_id="s7", dir=tmp_path / "slot")
+    real = cleanup.remove_containers
+
+    def cut_short(containers):
+        real(containers[:1])                            # the first goes, then a second Ctrl-C arrives
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cleanup, "remove_containers", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        slot.remove(docker_client)
+    try:
+        assert _until(lambda: all(_gone(docker_client, c.id) for c in (slot.holder, slot.train, slot.evaluator))
+                      and not docker_client.volumes.list(filters={"label": f"{spec.LABEL_RUN}={tag}"}),
+                      SLACK_S + 2), "the watchdog did not finish a removal the runner handed over"
+        assert slot.watchdog.proc.wait(SLACK_S) == 0
+    finally:
+        monkeypatch.undo()
+        slot.remove(docker_client)

@@ -7,8 +7,8 @@ image's launcher, harness and evaluator import it for the same names. What it fi
 - the environment the train container gets (trainer.harness reads it; runner.sandbox.spec and trainer.direct
   set it);
 - the exit codes the host tells apart (the launcher's NO_CANDIDATE, the harness's EXPORT_FAILED, the evaluator's);
-- the lines the host watches for in the train container's output (LAUNCHED_LINE, EXPORTING_LINE) and the
-  progress line's format with its one parser;
+- the lines the host watches for in the train container's output (LAUNCHED_LINE, EXPORTING_LINE, the
+  launcher's calibration line) and the progress line's format, each with its one parser;
 - the pattern of summary keys that look like a score (never taken from train.py);
 - the result.json document: SCHEMA, STATUSES, PROBE_NAMES and `check_result`, the schema's one definition
   (docs/result-schema.md).
@@ -56,6 +56,10 @@ LAUNCHED_LINE = "launch: running train.py"      # stderr, by the launcher just b
                                                 # failed
 EXPORTING_LINE = "harness: exporting model.pt2"  # stdout, by the harness as its export starts (a scheduling hint:
                                                  # train.py can print it too, or never)
+CALIBRATION_PREFIX = "launch: calibration "   # stderr, by the launcher after the hand-over and before
+                                                # LAUNCHED_LINE: the seconds its fixed kernel took (lower = faster)
+MAX_CALIBRATION_S = 3600.0  # a calibration value above this (or not finite and positive) is not one
+MAX_PRELAUNCH_LINES = 200   # stderr lines read before LAUNCHED_LINE at most (the launcher prints a few)
 STEP_PREFIX = "step="
 MAX_STEP_FIELD = 32         # characters kept of one value of a progress line
 MAX_STEP_LINE = 1000        # characters of a progress line that are parsed
@@ -82,6 +86,37 @@ def parse_step_line(line: str) -> dict[str, str]:
     if not is_step_line(line):
         return {}
     return {k: v[:MAX_STEP_FIELD] for k, v in _PAIR.findall(line[:MAX_STEP_LINE])}
+
+
+def calibration_line(seconds: float, kernel: str, threads: int, device: str) -> str:
+    """The launcher's calibration line: "launch: calibration seconds=0.3412 kernel=matmul512f32x96 threads=2
+    device=cpu"."""
+    return f"{CALIBRATION_PREFIX}seconds={seconds:.4f} kernel={kernel} threads={int(threads)} device={device}"
+
+
+def parse_calibration(stderr_lines) -> dict[str, str] | None:
+    """The launcher's calibration, from the train container's stderr lines in their own order: the fields of the
+    last calibration line before the first LAUNCHED_LINE ({"seconds": ..., "kernel": ..., ...}). None when there
+    is no LAUNCHED_LINE among the first MAX_PRELAUNCH_LINES lines, or no valid calibration line before it.
+
+    Only lines before the hand-over marker count: everything after it may be the candidate's, and the candidate
+    cannot print before it (it has not run yet), so a calibration line it prints is never read."""
+    found = None
+    for n, line in enumerate(stderr_lines):
+        line = line.rstrip("\r\n")
+        if line == LAUNCHED_LINE:
+            return found
+        if n >= MAX_PRELAUNCH_LINES:
+            return None
+        if line.startswith(CALIBRATION_PREFIX):
+            fields = {k: v[:MAX_STEP_FIELD] for k, v in _PAIR.findall(line[len(CALIBRATION_PREFIX):MAX_STEP_LINE])}
+            try:
+                seconds = float(fields.get("seconds", ""))
+            except ValueError:
+                continue
+            if math.isfinite(seconds) and 0 < seconds <= MAX_CALIBRATION_S:
+                found = fields
+    return None
 
 
 def last_line(text: str | None, limit: int = 300) -> str:

@@ -9,11 +9,16 @@ rejected with the last error. Transport failures are retried with exponential ba
 timeouts (`timeout_seconds` per call) and refused connections, at most `max_backoff_retries` times; after that, or
 on any other HTTP error (401, 404, ...), a `ProposerError` stops the run (the trial has no ledger line, so
 --resume runs it again). Token usage and time of every call are summed into `Proposal.usage`.
+
+Each backoff and each re-ask is reported, as it happens and before its wait, through `notify` (a callable taking
+one line, or None; runner.proposals sets it while the proposer works for a trial): "retry 2/5 after HTTP 500,
+waiting 4 s", "reply unusable (<the error>), re-asking (2/3)". The error can quote the reply: show it escaped.
 """
 from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 import openai
 
@@ -21,6 +26,8 @@ from ..errors import ProposerError, UserError
 from ..policy import ProposerSettings
 from . import prompt, reply
 from .base import Context, Proposal
+
+NOTE_ERROR_CHARS = 100      # of a reply's error (its first clause), in the line that says it is asked again
 
 
 def make_client(cfg: ProposerSettings) -> openai.OpenAI:
@@ -35,6 +42,7 @@ def make_client(cfg: ProposerSettings) -> openai.OpenAI:
 
 class OpenAIProposer:
     name = "openai"
+    notify: Callable[[str], None] | None = None      # told each retry and backoff (runner.proposals sets it)
 
     def __init__(self, cfg: ProposerSettings, *, client: openai.OpenAI | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, sleep=time.sleep):
@@ -65,6 +73,9 @@ class OpenAIProposer:
                 return Proposal(files=files, description=parsed.description, usage=usage, raw_reply=text)
             except reply.ReplyError as e:
                 error = str(e)
+                if attempt < self.cfg.max_retries:
+                    self._note(f"reply unusable ({error.split('; ')[0][:NOTE_ERROR_CHARS]}), re-asking "
+                               f"({attempt + 2}/{self.cfg.max_retries + 1})")
                 msgs = msgs + [{"role": "assistant", "content": text},
                                {"role": "user", "content": prompt.retry_message(error)}]
         return Proposal(files={}, description="(no usable reply)", usage=usage, raw_reply=text,
@@ -84,7 +95,9 @@ class OpenAIProposer:
                     raise ProposerError(f"endpoint {self.endpoint} failed {k + 1} times, last: {_describe(e)}; "
                                         "check that the server is up and not overloaded, then --resume") from None
                 usage["backoffs"] += 1
-                self.sleep(self._delay(e, k))
+                delay = self._delay(e, k)
+                self._note(f"retry {k + 1}/{self.cfg.max_backoff_retries} after {_describe(e)}, waiting {delay:.3g} s")
+                self.sleep(delay)
                 continue
             except openai.APIStatusError as e:
                 body = e.body.get("message") if isinstance(e.body, dict) else None
@@ -99,6 +112,10 @@ class OpenAIProposer:
             choice = resp.choices[0] if resp.choices else None
             return (choice.message.content or "") if choice and choice.message else ""
         raise AssertionError("unreachable")
+
+    def _note(self, text: str) -> None:
+        if self.notify is not None:
+            self.notify(text)
 
     def _delay(self, err: Exception, k: int) -> float:
         resp = getattr(err, "response", None)

@@ -8,7 +8,14 @@ system.slice/docker-<id>.scope), with the cgroupfs paths as a fallback.
 
     meter = CpuMeter(container).start()   # a daemon thread samples the usage every SAMPLE_S seconds
     meter.mark()                          # the hand-over: CPU time counts from the sample taken here
-    meter.stop()                          # -> CpuTime(seconds since mark, quota in cores, samples)
+    meter.stop()                          # -> CpuTime(seconds since mark, quota in cores, samples, throttled)
+    cpu_share(cpu.seconds, host_s, cpu.quota_cores)   # 1.0: the container got its whole quota
+
+How much compute a trial got, for comparing trials (runner.decision): `cpu_share` is the CPU time the container
+used over what its quota allowed in the same host seconds (below 1: the machine was busy, or the candidate left
+cores idle); `throttled_s` is the time the kernel held the container back because it wanted more than its quota
+(`throttled_usec` in cpu.stat on v2, `throttled_time` ns in the cpu controller's cpu.stat on v1), a sign that it
+was not the machine that slowed it.
 
 The cgroup disappears when the container exits, so the last sample is kept: the reading under-counts by at most
 SAMPLE_S seconds of the quota. Where the runner cannot see the engine's cgroups (a remote DOCKER_HOST, a
@@ -32,6 +39,7 @@ class CgroupFiles:
     usage: Path                      # cpuacct.usage (ns) or cpu.stat (usage_usec)
     quota: Path | None               # cpu.cfs_quota_us (v1; cpu.cfs_period_us next to it) or cpu.max (v2)
     version: int
+    throttling: Path | None = None   # cpu.stat with throttled_usec (v2: the usage file) or throttled_time (v1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class CpuTime:
     seconds: float | None            # CPU seconds used between mark() and the last sample; None if unreadable
     quota_cores: float | None        # the CFS quota the container ran under, in cores; None if none or unreadable
     samples: int                     # readings taken
+    throttled_s: float | None = None  # seconds the CFS quota held it back between mark() and the last sample
 
 
 def read_usage_s(files: CgroupFiles) -> float | None:
@@ -60,6 +69,32 @@ def read_usage_s(files: CgroupFiles) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+def read_throttled_s(files: CgroupFiles) -> float | None:
+    """The cgroup's total throttled time in seconds (CFS quota), or None when gone or unreadable."""
+    if files.throttling is None:
+        return None
+    try:
+        text = files.throttling.read_text()
+    except OSError:
+        return None
+    key, scale = ("throttled_time", 1e9) if files.version == 1 else ("throttled_usec", 1e6)
+    for line in text.splitlines():
+        k, _, value = line.partition(" ")
+        if k == key:
+            try:
+                return int(value) / scale
+            except ValueError:
+                return None
+    return None
+
+
+def cpu_share(cpu_s: float | None, host_s: float | None, quota_cores: float | None) -> float | None:
+    """CPU seconds used over what the quota allowed in host_s seconds (1.0: all of it); None if any is unknown."""
+    if cpu_s is None or not host_s or not quota_cores or host_s <= 0:
+        return None
+    return round(cpu_s / (host_s * quota_cores), 4)
 
 
 def read_quota_cores(files: CgroupFiles) -> float | None:
@@ -113,12 +148,13 @@ def find_files(container_id: str, pid: int | None, root: Path = CGROUP_ROOT) -> 
                 if usage.is_file():
                     quotas = (root / c / rel / "cpu.cfs_quota_us" for c in V1_CPU_CONTROLLERS)
                     quota = next((q for q in quotas if q.is_file()), None)
-                    return CgroupFiles(usage, quota, 1)
+                    stat = quota.parent / "cpu.stat" if quota is not None else None
+                    return CgroupFiles(usage, quota, 1, stat if stat is not None and stat.is_file() else None)
         else:
             stat = root / rel / "cpu.stat"
             if rel and stat.is_file() and (root / "cgroup.controllers").is_file():
                 quota = root / rel / "cpu.max"
-                return CgroupFiles(stat, quota if quota.is_file() else None, 2)
+                return CgroupFiles(stat, quota if quota.is_file() else None, 2, stat)
     return None
 
 
@@ -131,6 +167,8 @@ class CpuMeter:
         self.quota_cores: float | None = None
         self.base: float | None = None
         self.last: float | None = None
+        self.throttled_base: float | None = None
+        self.throttled_last: float | None = None
         self.samples = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -152,9 +190,11 @@ class CpuMeter:
 
     def _sample(self) -> None:
         value = read_usage_s(self.files) if self.files is not None else None
+        throttled = read_throttled_s(self.files) if value is not None else None
         if value is not None:
             with self._lock:
                 self.last = value
+                self.throttled_last = throttled if throttled is not None else self.throttled_last
                 self.samples += 1
 
     def _run(self) -> None:
@@ -165,7 +205,7 @@ class CpuMeter:
         """CPU time counts from here (the hand-over): what the waiting container used before is not the candidate's."""
         self._sample()
         with self._lock:
-            self.base = self.last
+            self.base, self.throttled_base = self.last, self.throttled_last
 
     def stop(self) -> CpuTime:
         """Take a last sample (if the cgroup is still there), stop the thread, return the CPU time since mark()."""
@@ -175,4 +215,7 @@ class CpuMeter:
             self._thread.join(2.0)
         with self._lock:
             used = None if self.last is None else self.last - (self.base if self.base is not None else 0.0)
-            return CpuTime(None if used is None else round(max(used, 0.0), 3), self.quota_cores, self.samples)
+            held = (None if self.throttled_last is None
+                    else self.throttled_last - (self.throttled_base if self.throttled_base is not None else 0.0))
+            return CpuTime(None if used is None else round(max(used, 0.0), 3), self.quota_cores, self.samples,
+                           None if held is None else round(max(held, 0.0), 3))

@@ -1,9 +1,10 @@
 """The Docker executor: each trial in the hardened train and eval containers of runner/sandbox/. TRUSTED CODE.
 
 It implements runner.executor.Executor over this package: `resolve_image` finds the trial image `autoresearch
-build` made (images.py), `remove_leftovers` removes a dead run's containers and volumes by label (cleanup.py),
-`start` makes the run's slots, `run` is trial.run_trial on a free slot, `close` removes what the slots started
-ahead and the used ones.
+build` made (images.py), `remove_leftovers` removes the containers and volumes of runs whose runner is gone,
+whatever their tag (cleanup.remove_dead: their lock is free), `start` makes the run's slots, `run` is
+trial.run_trial on a free slot, `close` removes everything of the run (the trials still in flight, by the run's
+lock in their labels, the slots started ahead and the used ones), after which `run` starts nothing.
 
 Slots on one host (policy `slots`, or one per GPU of a `gpu: [..]` list): each slot runs its own trials under its
 own copy of the policy, which differs in the resources only:
@@ -53,6 +54,8 @@ class DockerExecutor:
         self.slots = 1
         self._slots: list[tuple[str, object, Standby]] = []
         self._free: queue.Queue = queue.Queue()
+        self._run_lock: Path | None = None      # the run's lock (cleanup.run_lock): its containers carry it
+        self._closed = False                    # close() after start(): a trial still in flight starts nothing
 
     def resolve_image(self, policy) -> str:
         img = images.find(policy.flavour, client=self.client)
@@ -62,7 +65,16 @@ class DockerExecutor:
         return img.tag
 
     def remove_leftovers(self, run_tag: str) -> int:
-        return cleanup.remove_leftovers(run_tag=run_tag, client=self.client)
+        """What runs whose runner is gone left on the engine, whatever their tag, and what earlier runners of this
+        run left (cleanup.remove_dead); one line on stderr for what is left because no one can tell whether its
+        runner lives. Called holding the run's lock (runner.runs.RunLock)."""
+        import sys
+        from ..runs import RunLock
+        from ..text import one_line
+        sweep = cleanup.remove_dead(self.client, run_tag=run_tag, own_locks=RunLock.held)
+        if note := sweep.note():
+            print(f"autoresearch: {one_line(note)}", file=sys.stderr, flush=True)
+        return sweep.removed
 
     def start(self, policy, *, image: str, data_dir: Path, run_tag: str, work_dir: Path) -> None:
         self.close()
@@ -76,6 +88,7 @@ class DockerExecutor:
                                                    base_dir=base)))
             self._free.put(len(self._slots) - 1)
         self.slots = len(self._slots)
+        self._run_lock, self._closed = cleanup.run_lock(Path(work_dir), run_tag), False
 
     @property
     def standby(self) -> Standby | None:
@@ -83,6 +96,8 @@ class DockerExecutor:
         return self._slots[0][2] if self._slots else None
 
     def run(self, spec: TrialSpec, on_line: OnLine | None = None, on_phase: OnPhase | None = None) -> TrialOutcome:
+        if self._closed:                                    # the run is ending (an interrupt): start nothing
+            return TrialOutcome(status="infra", error="the run ended while this trial was starting")
         if not self._slots:                                 # no start(): one trial on its own (reproduce)
             return run_trial(spec, on_line, client=self.client, on_phase=on_phase)
         k = self._free.get()
@@ -96,7 +111,21 @@ class DockerExecutor:
             self._free.put(k)
 
     def close(self) -> None:
+        """Remove everything of the run: the trials still in flight (an interrupt: their containers carry the run's
+        lock), the slots started ahead and the used ones. Best effort: what an engine that is gone keeps goes with
+        the slots' watchdogs or the next run's start (cleanup.remove_dead)."""
         slots, self._slots, self._free = self._slots, [], queue.Queue()
+        self._closed = self._closed or bool(slots)
+        lock, self._run_lock = self._run_lock, None
+
+        def sweep():
+            if lock is not None:
+                with contextlib.suppress(Exception):
+                    cleanup.remove_owned(lock, self.client)
         for _, _, standby in slots:
-            with contextlib.suppress(Exception):   # best effort: the next start's label cleanup removes the rest
+            standby.stop()                             # a trial in flight that ends now must not start a slot
+        sweep()                                        # everything of the run at once: trials in flight, standbys
+        for _, _, standby in slots:
+            with contextlib.suppress(Exception):
                 standby.close()
+        sweep()                                        # a slot that a trial in flight was making meanwhile

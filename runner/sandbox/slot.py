@@ -21,7 +21,8 @@ a core is free then (docs/benchmarks.md).
     standby.prepare_soon(client)                 # on a thread: start the next trial's slot, then remove used ones
     standby.discard(slot, client)                # a used slot: removed by the next prepare_soon, or by close()
     standby.wait()                               # for that thread (take() waits for it too)
-    standby.close()                              # wait for the thread; remove a slot nobody took and used ones
+    standby.stop()                               # from now on make no slot (a trial still in flight as a run ends)
+    standby.close()                              # stop(), wait for the thread, remove a slot nobody took and used ones
 
 A hand-over first raises the container's CPU weight to the default, then renames a finished, read-only file into
 a directory the container sees read-only: the container never sees a half-written input, and nothing it does
@@ -32,7 +33,9 @@ Every slot has a watchdog (runner/sandbox/watchdog.py), a host process of its ow
 slot exists: each hand-over gives it that container's deadline (train: policy.train.deadline_seconds, eval:
 policy.eval.timeout_seconds, from the hand-over), which it enforces if the runner does not, and it removes the
 whole slot, holder included, as soon as the runner that made it is gone, or at the slot's maximum life
-(`max_life_s`). remove() ends it.
+(`max_life_s`). remove() ends it, once the slot is gone (a removal cut short is left to it). A slot made under a
+run's directory carries that run's lock in its labels (runner.sandbox.cleanup.owner_labels): what outlives both
+runner and watchdog is removed by the next run on the host, whatever its tag.
 """
 from __future__ import annotations
 
@@ -161,15 +164,19 @@ class Slot:
                 pass
 
     def remove(self, client=None) -> list[str]:
-        """Remove the containers (killing them), the volumes and the host directory; the errors, if any."""
+        """Remove the containers (killing them), the volumes and the host directory; the errors, if any. The
+        watchdog is told `done` only once all of it is gone; a removal that failed, or was interrupted (a second
+        signal), is handed over to it (Watchdog.abandon), so the slot is never left half-removed."""
+        complete = False
         try:
             errors = cleanup.remove_containers(self.containers())
             if client is not None:
                 errors += cleanup.remove_volumes(client, self.volumes)
             shutil.rmtree(self.dir, ignore_errors=True)
+            complete = not errors and (client is not None or not self.volumes)
         finally:
             if self.watchdog is not None:                 # last: it guards the slot until the slot is gone
-                self.watchdog.close()
+                self.watchdog.close() if complete else self.watchdog.abandon()
         return errors
 
 
@@ -187,7 +194,8 @@ def open_slot(client, policy, *, image: str, data_dir: Path, run_tag: str, slot_
     """Create and start a trial's holder, train and eval containers, waiting for their inputs. Whatever was made
     is removed again if this fails (the engine's exception propagates)."""
     names = {role: cspec.name(run_tag, slot_id, role) for role in ("holder", "train", "eval", "train-out", "eval-out")}
-    labels = {role: cspec.labels(run_tag, slot_id, role) for role in names}
+    owner = cleanup.owner_labels(cleanup.run_lock(dir, run_tag))    # any later run can tell when its runner is gone
+    labels = {role: cspec.labels(run_tag, slot_id, role, owner) for role in names}
     slot = Slot(id=slot_id, dir=Path(dir), key=slot_key(policy, image, data_dir), created_wall=time.time(),
                 deadlines={"train": policy.train.deadline_seconds, "eval": policy.eval.timeout_seconds})
     try:
@@ -238,6 +246,7 @@ class Standby:
         self._used: list[Slot] = []                       # used slots waiting for removal
         self._lock = threading.Lock()                     # guards _worker and _used
         self._worker: threading.Thread | None = None
+        self.closed = False                               # after close(): no slot is made, a discarded one goes at once
         shutil.rmtree(self.base_dir, ignore_errors=True)    # slot dirs a dead run left behind
 
     def take(self, policy, image: str, data_dir: Path) -> Slot | None:
@@ -259,7 +268,7 @@ class Standby:
         then makes its own, and reports the failure if it persists)."""
         import docker.errors
         import requests
-        if self.slot is not None:
+        if self.slot is not None or self.closed:
             return
         self._client = client
         slot_id = f"next-{secrets.token_hex(4)}"
@@ -273,7 +282,7 @@ class Standby:
         """prepare(), then the removal of the used slots, on a background thread; nothing if one is running or
         has run since the last take() (a trial calls this at its export, and again when its training ends)."""
         with self._lock:
-            if self._worker is not None:
+            if self._worker is not None or self.closed:     # closed: a trial still in flight as the run ends
                 return
             self._client = client
             self._worker = threading.Thread(target=self._prepare_and_reap, args=(client,), name="next-slot",
@@ -289,7 +298,10 @@ class Standby:
         have exited, except the holder, which keeps its capped output volumes until then."""
         with self._lock:
             self._client = self._client or client
-            self._used.append(slot)
+            if not self.closed:
+                self._used.append(slot)
+                return
+        self._remove(slot, client)                        # a trial that ended after close(): nobody else will
 
     def _reap_used(self, client) -> None:
         with self._lock:
@@ -304,6 +316,11 @@ class Standby:
             shutil.rmtree(slot.dir, ignore_errors=True)
             self.errors.append(f"slot {slot.id}: {e}")
 
+    def stop(self) -> None:
+        """From now on make no slot (close() does it first; the executor before it removes the run's containers)."""
+        with self._lock:
+            self.closed = True
+
     def wait(self) -> None:
         """Wait for the background thread (making a slot takes about 0.6 s) and allow the next one."""
         with self._lock:
@@ -314,8 +331,11 @@ class Standby:
                 self._worker = None
 
     def close(self) -> list[str]:
-        """Wait for the background thread; remove the slot nobody took and the used ones; the errors, if any.
-        Best effort: what an engine that is gone leaves behind goes with the next start's label cleanup."""
+        """Wait for the background thread; remove the slot nobody took and the used ones; the errors, if any. From
+        then on no slot is made (a trial still in flight cannot start one) and a discarded slot is removed at once.
+        Best effort: what an engine that is gone leaves behind goes with the slots' watchdogs, or the next start's
+        cleanup (runner.sandbox.cleanup.remove_dead)."""
+        self.stop()
         self.wait()
         slot, self.slot = self.slot, None
         if slot is not None:

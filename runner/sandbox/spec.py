@@ -55,6 +55,9 @@ from trainer.contract import (DATA_DIR, ENV_BUDGET_S, ENV_DATA, ENV_DEVICE, ENV_
 LABEL_RUN = "autoresearch.run"
 LABEL_TRIAL = "autoresearch.trial"
 LABEL_ROLE = "autoresearch.role"
+LABEL_LOCK = "autoresearch.lock"  # the absolute path of the run's lock (runs/<tag>/.lock: an flock held while its
+                                  # runner lives), so any run can tell a dead run's leftovers (runner.sandbox.cleanup)
+LABEL_HOST = "autoresearch.host"  # where that path means that file: the host's boot id and the runner's mount namespace
 LOG_MAX_SIZE = "10m"
 OUT_INODES = 4096                 # files the output tmpfs may hold
 HOLDER_MEMORY = "64m"
@@ -95,8 +98,9 @@ DATA = DATA_DIR
 OUT = OUT_DIR
 
 
-def labels(run_tag: str, trial_id: str, role: str) -> dict[str, str]:
-    return {LABEL_RUN: str(run_tag), LABEL_TRIAL: str(trial_id), LABEL_ROLE: role}
+def labels(run_tag: str, trial_id: str, role: str, owner: dict[str, str] | None = None) -> dict[str, str]:
+    """owner: the run's LABEL_LOCK and LABEL_HOST (runner.sandbox.cleanup.owner_labels), where it has a lock."""
+    return {LABEL_RUN: str(run_tag), LABEL_TRIAL: str(trial_id), LABEL_ROLE: role, **(owner or {})}
 
 
 def name(run_tag: str, trial_id: str, role: str) -> str:

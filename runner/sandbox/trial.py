@@ -12,7 +12,10 @@ container, from one pinned image -> a TrialOutcome. TRUSTED CODE (host side); th
                    hand-over, its log lines streaming to on_line. Its time is measured outside it (host clock,
                    engine clock, cgroup CPU time): a train phase over the deadline is `over_budget`
                    (classify.train_time_verdict), whatever the candidate's own process believed its budget
-                   was. As its export starts, the run's next slot starts on a background thread. The eval
+                   was. The compute it got is measured there too: the trusted launcher's calibration line
+                   (read from stderr before its hand-over line: runner.sandbox.calibration), the container's
+                   CPU share of its quota and its throttled time (cgroup), for runner.decision to compare
+                   trials by. As its export starts, the run's next slot starts on a background thread. The eval
                    container never sees anything but the validation data and, later, the model
       4. model     copy out /out/model.pt2 as hostile input (a single regular file under the cap), then rename
                    it into the eval container's read-only model directory: the hand-over
@@ -41,7 +44,7 @@ from typing import Callable
 from ..errors import InfraError, UserError
 from ..executor import TrialOutcome, TrialSpec
 from ..result import MAX_RESULT_BYTES, ResultError, parse_result, parse_summary
-from . import cgroup, classify, cleanup, containers, preflight
+from . import calibration, cgroup, classify, cleanup, containers, preflight
 from .slot import HOLD_EVAL, HOLD_TRAIN, Slot, Standby, open_slot
 
 EXPORT_ERROR_BYTES = 64 * 1024
@@ -100,6 +103,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
             on_phase("training")
         next_slot = (lambda: standby.prepare_soon(client)) if standby else None
         meter = cgroup.CpuMeter(slot.train).start()
+        startup = calibration.StartupReader(slot.train).start()   # the launcher's stderr up to its hand-over line
         meter.mark()
         t_handed = slot.hand_over_candidate(train_py, spec.seed)
         handed_wall = time.time()
@@ -110,7 +114,11 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         if next_slot:
             next_slot()
         _record(out.timings, "train", t_exit)
-        train_time = _train_time(out.timings, t_exit, handed_wall, meter.stop())
+        cpu = meter.stop()
+        train_time = _train_time(out.timings, t_exit, handed_wall, cpu)
+        out.calibration_s = calibration.seconds(startup.result())     # compute this trial got: runner.decision
+        out.cpu_share = cgroup.cpu_share(cpu.seconds, t_exit.host_wall_s, cpu.quota_cores)
+        out.throttled_s = cpu.throttled_s
         if pump and pump.first_step_at is not None:
             out.timings["train_startup_s"] = round(pump.first_step_at - t_handed, 3)
         if pump and pump.exporting_at is not None:

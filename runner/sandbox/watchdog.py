@@ -4,15 +4,17 @@ TRUSTED CODE (host side).
 It enforces the slot's deadlines, and removes the slot, when the runner cannot: when it died (kill -9, the OOM
 killer, a closed terminal) or stopped (SIGSTOP, a hung engine call) while its trial's container runs. The runner
 kills a container at its deadline itself, but only while it is alive and responsive. The watchdog is a separate
-host process in its own session: nothing in a container can see, signal or trace it, and a ^C or a kill of the
-runner's process group does not reach it. It uses the standard library only (HTTP over the engine's socket) and
-takes no CPU while it waits. Its place among the sandbox's defences: runner.sandbox (covered / not covered).
+host process in its own session, with no terminal: nothing in a container can see, signal or trace it, and a ^C,
+a closed terminal's SIGHUP or a kill of the runner's process group does not reach it (runner/signals.py). It
+uses the standard library only (HTTP over the engine's socket) and takes no CPU while it waits. Its place among
+the sandbox's defences: runner.sandbox (covered / not covered).
 
     wd = Watchdog.start(run_tag=..., slot_id=..., volumes=[...], marker_dir=slot.dir, max_life_s=...)
     wd.containers(holder=id, train=id, eval=id)   # the slot's containers, once created
     wd.deadline("train", t)                       # kill the train container at t + GRACE_S (CLOCK_MONOTONIC)
     wd.deadline("eval", t)
     wd.close()                                    # the runner removed the slot itself: the watchdog exits at once
+    wd.abandon()                                  # or: its removal failed or was cut short; the watchdog does it
 
 One watchdog per slot, started before the slot's first volume or container exists. The runner talks to it over a
 pipe (the watchdog's stdin; its stdout and stderr are /dev/null), one line per message:
@@ -24,9 +26,9 @@ and it acts on three things:
                           it still runs (removing the marker if it did not). The runner's own kill comes GRACE_S
                           earlier; the marker tells the runner that a kill it did not issue was the deadline's
                           (runner.sandbox.slot.Slot.killed_by_watchdog), not an operator's.
-    end of file without `done`  the runner is gone (the kernel closed its end of the pipe): nothing will ever hand
-                          over to, read from or remove this slot, so it removes the slot's containers (holder
-                          included) and volumes, at once, and exits.
+    end of file without `done`  the runner is gone (the kernel closed its end of the pipe), or it handed the
+                          removal over (abandon): nothing will ever hand over to, read from or remove this slot, so
+                          it removes the slot's containers (holder included) and volumes, at once, and exits.
     max_life_s            the longest a slot can be in use (a waiting container's own backstop, spec.STANDBY_MAX_S,
                           plus the train deadline, the eval timeout and a margin): it removes the slot and exits.
                           The holder (`sleep infinity`) has no other backstop while a runner lives but hangs.
@@ -100,7 +102,7 @@ class Watchdog:
         self._send(f"{role} {at_monotonic:.6f}")
 
     def close(self, wait_s: float = 5.0) -> None:
-        """Tell it the slot is the runner's to remove (it exits at once), and reap it."""
+        """Tell it the slot is removed (it exits at once), and reap it. Only once the slot is gone: see abandon."""
         import subprocess
         if self._fd < 0:
             return
@@ -112,6 +114,14 @@ class Watchdog:
         except subprocess.TimeoutExpired:                 # cannot happen short of a stopped watchdog
             self.proc.kill()
             self.proc.wait()
+
+    def abandon(self) -> None:
+        """Hand the slot's removal over: close the pipe without `done`, as the kernel does when the runner dies, so
+        the watchdog removes the slot (containers, holder and volumes) and exits. For a removal that failed or was
+        interrupted (a second Ctrl-C): nothing is left half-removed. Does not wait for it."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 # --------------------------------------------------------------------------- the engine, stdlib only

@@ -10,11 +10,17 @@ trial image; not the agent's to edit (it is not part of the candidate and is nev
 2. Wait up to S seconds for the host to hand over the candidate: it renames /work/trial.json (the trial's seed)
    and then /work/train.py into the read-only /work directory. Exit NO_CANDIDATE (trainer.contract) with one line
    if it never comes, or if the seed is unreadable.
-3. Print LAUNCHED_LINE on stderr (trainer.contract: the host tells by its absence that an exit NO_CANDIDATE was
+3. Calibrate: run a fixed kernel (the same every trial: float32 matmuls at the container's thread count on the
+   CPU, a float32 matmul loop with synchronize on a GPU) and print its seconds as trainer.contract's calibration
+   line on stderr. It runs at the trial's full CPU weight, after the hand-over (so it counts in the start-up
+   allowance, not in the training budget), and tells the host how fast this machine was for this trial; the
+   host reads it only before LAUNCHED_LINE, where nothing of the candidate's can be. It uses no random numbers
+   and leaves torch's thread count as it found it.
+4. Print LAUNCHED_LINE on stderr (trainer.contract: the host tells by its absence that an exit NO_CANDIDATE was
    the hand-over's failure, not train.py's own), then run /work/train.py as __main__, as `python /work/train.py`
    would (sys.argv, sys.path[0], __file__), with the seed in AUTORESEARCH_SEED. The exit status is the one Python
    would give: 0, sys.exit's code, or 1 after the traceback of an uncaught exception.
-4. End with trainer.process.exit_now: atexit handlers run, non-daemon threads end and output is flushed, but
+5. End with trainer.process.exit_now: atexit handlers run, non-daemon threads end and output is flushed, but
    Python's module teardown is skipped (the runner waits for the container's exit before scoring).
 
 It gives train.py nothing it would not have anyway: the same process, user, files and environment (plus the
@@ -27,15 +33,19 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
-from trainer.contract import ENV_SEED, LAUNCHED_LINE, NO_CANDIDATE, TRAIN_FILE, TRIAL_FILE, WORK_DIR
-from trainer.process import exit_now, wait_for
+from trainer.contract import (ENV_DEVICE, ENV_SEED, LAUNCHED_LINE, NO_CANDIDATE, TRAIN_FILE, TRIAL_FILE, WORK_DIR,
+                              calibration_line)
+from trainer.process import cpu_threads, exit_now, wait_for
 
 WORK = Path(WORK_DIR)                              # the host's hand-over directory, read-only here
 RUNNING_LINE = LAUNCHED_LINE                       # printed just before train.py runs: nothing of the candidate's
                                                    # runs before it
+CPU_KERNEL = (512, 96)     # the CPU calibration: 96 float32 512x512 matmuls (~0.3 s on 2 idle cores)
+GPU_KERNEL = (4096, 100)   # the GPU calibration: 100 float32 4096x4096 matmuls, then synchronize
 
 
 def get_ready() -> None:
@@ -47,6 +57,29 @@ def get_ready() -> None:
     import yaml  # noqa: F401
 
     import trainer.harness  # noqa: F401
+
+
+def calibrate(device: str) -> tuple[float, str, int, str]:
+    """Time the fixed kernel once: (seconds, kernel name, threads, device). One untimed run first (thread pool, CUDA
+    context); inputs are fixed numbers, not random ones, so no generator moves."""
+    import torch
+    cuda = device == "cuda" and torch.cuda.is_available()
+    n, reps = GPU_KERNEL if cuda else CPU_KERNEL
+    before = torch.get_num_threads()
+    threads = 0 if cuda else cpu_threads()
+    try:
+        if not cuda:
+            torch.set_num_threads(threads)
+        a = torch.linspace(-1.0, 1.0, n * n, dtype=torch.float32, device="cuda" if cuda else "cpu").reshape(n, n)
+        b = a.t().contiguous()
+        (a @ b).sum().item()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            c = a @ b
+        c.sum().item()                                   # waits for the GPU's queue
+        return time.perf_counter() - t0, f"matmul{n}f32x{reps}", threads, "cuda" if cuda else "cpu"
+    finally:
+        torch.set_num_threads(before)
 
 
 def read_seed(path: Path) -> int:
@@ -93,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, required=True, metavar="S",
                     help="seconds to wait for the host to hand over train.py")
     ap.add_argument("--dir", type=Path, default=WORK, help=f"the hand-over directory (default {WORK})")
-    ap.add_argument("--no-warm-up", action="store_true", help="skip the imports (tests)")
+    ap.add_argument("--no-warm-up", action="store_true", help="skip the imports and the calibration (tests)")
     args = ap.parse_args(argv)
     if not args.no_warm_up:
         get_ready()
@@ -107,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"launch: cannot read the trial's seed: {e}", file=sys.stderr)
         return NO_CANDIDATE
+    if not args.no_warm_up:
+        try:
+            print(calibration_line(*calibrate(os.environ.get(ENV_DEVICE, "cpu"))), file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - a measurement: without it the host records none, the trial runs
+            print(f"launch: no calibration: {type(e).__name__}: {e}"[:300], file=sys.stderr)
     print(RUNNING_LINE, file=sys.stderr, flush=True)
     return run_script(train_py)
 
