@@ -52,3 +52,30 @@ def test_a_candidate_flooding_stderr_cannot_replace_the_calibration(tmp_path, tr
     out, _ = trial(tmp_path, trial_image.tag, cand, sandbox_data, pol=policy())
     assert out.status == "crash", (out.status, out.error)
     assert out.calibration_s is not None and out.calibration_s != FAKE_S
+
+
+def test_the_calibration_reader_frees_its_engine_connection_at_once(tmp_path, trial_image, sandbox_data):
+    # its follow stream sits in a reference cycle: unless it closes the HTTP response, each trial would hold one
+    # engine socket until a garbage collection (the hostile loop's runner held 50 more fds after 40 trials)
+    import gc
+    import os
+
+    def sockets() -> int:
+        n = 0
+        for f in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{f}").startswith("socket:")
+            except OSError:                                    # the listing's own fd, gone already
+                pass
+        return n
+    quick = candidate(tmp_path, "raise SystemExit(3)\n")
+    trial(tmp_path, trial_image.tag, quick, sandbox_data)          # the engine client's pool is made
+    gc.disable()
+    try:
+        before = sockets()
+        for _ in range(3):
+            out, _ = trial(tmp_path, trial_image.tag, quick, sandbox_data)
+            assert out.status == "crash" and out.calibration_s is not None
+        assert sockets() - before <= 1, (before, sockets())
+    finally:
+        gc.enable()

@@ -92,8 +92,9 @@ def test_log_lines_stream_to_the_callback_bounded(tmp_path, trial_image, sandbox
     """)
     got = []
     out, _ = trial(tmp_path, trial_image.tag, cand, sandbox_data, on_line=got.append)
-    assert got[0] == "launch: running train.py"              # the trusted launcher's line, before train.py's
-    assert got[1].startswith("step=1 ")
+    assert got[0].startswith("launch: calibration ")          # the trusted launcher's lines, before train.py's
+    assert got[1] == "launch: running train.py"
+    assert got[2].startswith("step=1 ")
     assert max(len(l) for l in got) <= containers.MAX_LINE
     assert len(got) < 2002                                   # rate-bounded: the flood was cut
     assert out.log_tail.splitlines()[-1] == "line 1999"      # the tail comes from the engine's log

@@ -57,12 +57,16 @@ class StartupReader:
             self._close()
 
     def _close(self) -> None:
-        stream = self._stream
-        if stream is not None and hasattr(stream, "close"):
-            try:
-                stream.close()
-            except Exception:  # noqa: BLE001 - already closed
-                pass
+        """Close the stream and its HTTP response: the socket is freed now, not when a garbage collection finds the
+        stream's reference cycle (one engine connection a trial otherwise)."""
+        stream, self._stream = self._stream, None
+        response = getattr(stream, "_response", None)
+        for close in (getattr(stream, "close", None), getattr(response, "close", None)):
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - already closed
+                    pass
 
     def result(self, join_s: float = JOIN_S) -> dict[str, str] | None:
         """The calibration line's fields ({"seconds": ..., "kernel": ..., "threads": ..., "device": ...}), or

@@ -55,6 +55,7 @@ from .watchdog import MARKER, MAX_LIFE_MARGIN_S, Watchdog
 HOLD_TRAIN, HOLD_EVAL = "/hold/train", "/hold/eval"
 EVAL_OUT_MB = 16                      # result.json is small; the eval /out volume is capped at this
 TAKE_MARGIN_S = 600                   # a standby slot older than STANDBY_MAX_S minus this is not taken
+ABANDON_WAIT_S = 30.0                 # how long a removal that left errors waits for the watchdog to finish it
 
 
 @dataclass
@@ -167,16 +168,20 @@ class Slot:
         """Remove the containers (killing them), the volumes and the host directory; the errors, if any. The
         watchdog is told `done` only once all of it is gone; a removal that failed, or was interrupted (a second
         signal), is handed over to it (Watchdog.abandon), so the slot is never left half-removed."""
-        complete = False
+        complete = interrupted = False
         try:
+            interrupted = True
             errors = cleanup.remove_containers(self.containers())
             if client is not None:
                 errors += cleanup.remove_volumes(client, self.volumes)
             shutil.rmtree(self.dir, ignore_errors=True)
-            complete = not errors and (client is not None or not self.volumes)
+            complete, interrupted = not errors and (client is not None or not self.volumes), False
         finally:
             if self.watchdog is not None:                 # last: it guards the slot until the slot is gone
-                self.watchdog.close() if complete else self.watchdog.abandon()
+                if complete:
+                    self.watchdog.close()
+                else:                                     # it removes the rest; waited for unless interrupted
+                    self.watchdog.abandon(0.0 if interrupted else ABANDON_WAIT_S)
         return errors
 
 

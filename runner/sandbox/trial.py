@@ -129,8 +129,10 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         # why it failed: the end of stderr alone (a traceback ends it). The engine's tail counts lines of both
         # streams before it filters one, so stderr is read whole (the engine caps the log at spec.LOG_MAX_SIZE)
         err = containers.log_tail(slot.train, "all", stdout=False) if t_exit.exit_code else ""
-        why_tail = "\n".join(line for line in err.splitlines()
-                             if line.strip() != containers.LAUNCHED_LINE).strip() or tail
+        lines = err.splitlines()
+        handed = next((i for i, line in enumerate(lines) if line.strip() == containers.LAUNCHED_LINE), None)
+        own = lines if handed is None else lines[handed + 1:]     # before the hand-over: the launcher's lines
+        why_tail = "\n".join(line for line in own if line.strip() != containers.LAUNCHED_LINE).strip() or tail
         export_error = ""
         if t_exit.exit_code == classify.EXPORT_FAILED:
             try:

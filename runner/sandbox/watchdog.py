@@ -115,13 +115,20 @@ class Watchdog:
             self.proc.kill()
             self.proc.wait()
 
-    def abandon(self) -> None:
+    def abandon(self, wait_s: float = 0.0) -> None:
         """Hand the slot's removal over: close the pipe without `done`, as the kernel does when the runner dies, so
         the watchdog removes the slot (containers, holder and volumes) and exits. For a removal that failed or was
-        interrupted (a second Ctrl-C): nothing is left half-removed. Does not wait for it."""
+        interrupted (a second Ctrl-C): nothing is left half-removed. Waits up to wait_s for it; a daemon thread
+        reaps it after that, so no zombie is left while the runner lives."""
+        import subprocess
+        import threading
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        try:
+            self.proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            threading.Thread(target=self.proc.wait, name="watchdog-reaper", daemon=True).start()
 
 
 # --------------------------------------------------------------------------- the engine, stdlib only
