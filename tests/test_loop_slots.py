@@ -42,6 +42,29 @@ class OnFinish(Events):
             self.gates[self.then].set()
 
 
+class Heard(Events):
+    """Records the run phases it hears (a "proposing" phase: a slot waited for the proposer)."""
+
+    def __init__(self):
+        self.heard = []
+
+    def phase(self, name, detail=""):
+        self.heard.append(name)
+
+
+def opening(proposer, gate: threading.Event, after_trial: int):
+    """The proposer, setting `gate` once it has made the proposal of trial `after_trial`."""
+    original = proposer.propose
+
+    def propose(ctx):
+        out = original(ctx)
+        if ctx.trial_id == after_trial:
+            gate.set()
+        return out
+    proposer.propose = propose
+    return proposer
+
+
 def in_flight_together(executor, gates) -> None:
     """Trial 1 ends only once trial 2 has started: both trained on the same best."""
     gates["1"] = threading.Event()
@@ -110,18 +133,8 @@ def test_a_winner_whose_change_conflicts_with_the_new_best_is_stale_and_never_ke
 def test_the_next_proposal_is_made_while_a_trial_trains_so_the_slot_never_waits_for_it(exp):
     repo, _ = exp
     gates = {"1": threading.Event()}
-    proposer = Scripted(set_score(0.9), bonus(1))
-    original = proposer.propose
-
-    def propose(ctx):                      # trial 1 ends only after the proposal of trial 2 was asked for
-        out = original(ctx)
-        if ctx.trial_id == 2:
-            gates["1"].set()
-        return out
-    proposer.propose = propose
-    events = Events()
-    events.heard = []
-    events.phase = lambda name, detail="": events.heard.append(name)
+    proposer = opening(Scripted(set_score(0.9), bonus(1)), gates["1"], after_trial=2)   # trial 1 ends only then
+    events = Heard()
     executor = FakeExecutor(slots=1, gates=gates)
     run(exp, proposer, executor, max_trials=2, policy=Policy(proposer={"ahead": 1}), events=events)
     recs = Ledger(repo / "runs" / "t").records()
@@ -132,21 +145,11 @@ def test_the_next_proposal_is_made_while_a_trial_trains_so_the_slot_never_waits_
     assert second.rebased is None and trained(executor, repo, second)         # re-applied before it trained
 
 
-
 def test_the_first_proposal_is_made_while_the_baseline_trains(exp):
     repo, _ = exp
     gates = {"0": threading.Event()}
-    proposer = Scripted(set_score(0.9))
-    original = proposer.propose
-
-    def propose(ctx):                      # the baseline ends only after the first proposal was made
-        out = original(ctx)
-        gates["0"].set()
-        return out
-    proposer.propose = propose
-    events = Events()
-    events.heard = []
-    events.phase = lambda name, detail="": events.heard.append(name)
+    proposer = opening(Scripted(set_score(0.9)), gates["0"], after_trial=1)   # the baseline ends only then
+    events = Heard()
     executor = FakeExecutor(slots=1, gates=gates)
     run(exp, proposer, executor, max_trials=1, policy=Policy(proposer={"ahead": 1}), events=events)
     recs = Ledger(repo / "runs" / "t").records()
