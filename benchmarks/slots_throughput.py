@@ -9,8 +9,11 @@ one sitting:
 The slow proposer is the mutate proposer behind a sleep (the loop cannot tell it from an LLM that thinks).
 
 Per configuration, over its candidate trials (the baseline excluded): trials per hour, the share of slot time
-inside training budgets (host-measured training seconds / (slots x elapsed)), and the share of slot time a slot
-sat waiting for a proposal (the loop's `proposal_wait_s`).
+in train phases (host-measured training seconds, hand-over to exit, start-up and export included / (slots x
+elapsed)), the share inside the training budgets themselves (runs x budget / (slots x elapsed)), the share of
+slot time a slot sat waiting for a proposal (the loop's `proposal_wait_s`), the mean evaluation phase, and how
+many candidates were probed on one batch only (scored above the bar a keep needs). `-full` configurations give
+no bar, as before it existed: every evaluation probes every batch.
 
     python benchmarks/slots_throughput.py                    # 3 trials each at a 30 s budget
     python benchmarks/slots_throughput.py --trials 10 --budget 60 --configs 1x2,2x1
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_data import prepare_synthetic  # noqa: E402
+from runner import decision  # noqa: E402
 from runner.ledger import Ledger  # noqa: E402
 from runner.loop import Loop  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
@@ -38,7 +42,10 @@ from runner.workspace import init_repo  # noqa: E402
 
 CONFIGS = {"1x2": dict(slots=1, cpus=2.0, ahead=1, slow=False), "2x1": dict(slots=2, cpus=1.0, ahead=2, slow=False),
            "slow-demand": dict(slots=1, cpus=2.0, ahead=0, slow=True),
-           "slow-ahead": dict(slots=1, cpus=2.0, ahead=1, slow=True)}
+           "slow-ahead": dict(slots=1, cpus=2.0, ahead=1, slow=True),
+           # as before the probe bar: every candidate run's evaluation probes every batch, whatever it scores
+           "1x2-full": dict(slots=1, cpus=2.0, ahead=1, slow=False, full=True),
+           "2x1-full": dict(slots=2, cpus=1.0, ahead=2, slow=False, full=True)}
 
 
 class SlowProposer(MutateProposer):
@@ -69,17 +76,27 @@ def one(name: str, args, data: Path, image: str, work: Path) -> dict:
     init_repo(repo, {"train.py": resources.files("trainer").joinpath("train.py").read_text(),
                      "program.md": "Lower val_bpb.\n", ".gitignore": "runs/\n"})
     proposer = SlowProposer(args.slow) if c["slow"] else MutateProposer()
-    Loop(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials, image=image),
-         proposer=proposer).run()
+    bar = decision.probe_bar
+    if c.get("full"):
+        decision.probe_bar = lambda best, thresh: None      # no bar: every batch probed (the loop reads it here)
+    try:
+        Loop(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials, image=image),
+             proposer=proposer).run()
+    finally:
+        decision.probe_bar = bar
     cands = [r for r in Ledger(repo / "runs" / "bench").records() if r.kind == "candidate"]
     t0 = min(r.started_at - r.timings.get("proposal_wait_s", 0.0) for r in cands)
     elapsed = max(r.finished_at for r in cands) - t0
     slot_s = c["slots"] * elapsed
     train = sum((r.training_seconds or 0.0) + ((r.confirm or {}).get("training_seconds") or 0.0)
                 + ((r.rebased or {}).get("training_seconds") or 0.0) for r in cands)
+    runs = sum(1 + bool(r.confirm) + bool(r.rebased) for r in cands if r.outcome is not None)
     waited = sum(r.timings.get("proposal_wait_s", 0.0) for r in cands)
+    evals = [r.trial_timings["eval_host_s"] for r in cands if r.trial_timings.get("eval_host_s") is not None]
     return {"config": name, "trials": len(cands), "elapsed": elapsed, "per_hour": 3600 * len(cands) / elapsed,
-            "in_budget": 100 * train / slot_s, "proposal_wait": 100 * waited / slot_s,
+            "in_budget": 100 * train / slot_s, "budgets": 100 * runs * args.budget / slot_s,
+            "proposal_wait": 100 * waited / slot_s, "eval_s": sum(evals) / max(len(evals), 1),
+            "one_batch": sum(r.probe_scope == "one_batch" for r in cands),
             "statuses": ", ".join(f"{s} {sum(r.status == s for r in cands)}" for s in
                                   sorted({r.status for r in cands}))}
 
@@ -101,12 +118,13 @@ def main(argv=None) -> int:
         print(f"{name}: {rows[-1]}", file=sys.stderr, flush=True)
     print(f"## Slots and proposer pipelining: `cpu` preset, {args.budget:.0f} s budget, {args.trials} candidate "
           f"trials per configuration, slow proposer {args.slow:.0f} s\n")
-    print("| configuration | trials | elapsed s | trials/hour | slot time in budget | slot time waiting for a "
-          "proposal | outcomes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | trials | elapsed s | trials/hour | slot time in train phases | slot time in budgets | "
+          "slot time waiting for a proposal | mean eval s | probed on one batch | outcomes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['trials']} | {r['elapsed']:.0f} | {r['per_hour']:.1f} | {r['in_budget']:.1f}% | "
-              f"{r['proposal_wait']:.1f}% | {r['statuses']} |")
+              f"{r['budgets']:.1f}% | {r['proposal_wait']:.1f}% | {r['eval_s']:.1f} | {r['one_batch']} | "
+              f"{r['statuses']} |")
     return 0
 
 

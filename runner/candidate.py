@@ -17,6 +17,10 @@ Invariants, with several trials in flight (the loop's lock guards the best, the 
 - A would-be keep that got more compute than the best (runner.decision.more_compute: a faster machine, a larger
   CPU share) is judged against the best re-run now with its seed (trials/<n>/recheck) instead; `rec.recheck`
   says why and what it gave. A re-run that failed or ran at another speed again means a discard.
+- Every run a keep rests on (its run, confirmation, re-applied run) is evaluated with the bar of its moment
+  (runner.decision.probe_bar: the evaluator probes every batch below it) and must have been probed on every batch
+  (`decision.unprobed`, else discard), and must not have trained measurably longer than the best on the host's
+  clock (`decision.trained_longer` with decision.max_seconds_over_best, else over_budget).
 """
 from __future__ import annotations
 
@@ -99,9 +103,10 @@ def _train_and_decide(loop, n: int, rec: TrialRecord) -> TrialRecord:
                                                "(committed while it waited for a slot)")
             rec.commit, rec.parent = merged, best.commit
             loop.ws.set_trial_ref(loop.tag, n, merged)
+        below = decision.probe_bar(best.val_bpb, loop.thresh)
 
     tick = _Stopwatch(rec.timings)
-    outcome = loop.trial(n, rec.commit, loop.policy.seed, "")
+    outcome = loop.trial(n, rec.commit, loop.policy.seed, "", below)
     tick("trial_s")
     fill(rec, outcome)
     if outcome.status != "ok":
@@ -118,6 +123,7 @@ def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
     that takes outside the lock (other slots decide meanwhile). `val`: the worse of the runs that must all win."""
     rules, confirmed, reapplied = loop.policy.decision, False, 0
     rerun: _Rerun | None = None                        # the best re-run now, when the candidate got more compute
+    runs = [("run", rec.probe_scope, rec.training_seconds)]   # every run a keep would rest on: scope, host train s
     while True:
         with loop.lock:
             best = loop.best
@@ -127,6 +133,9 @@ def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
             v = decision.judge(val, bar, loop.thresh, rules)
             if v.action == DISCARD:
                 return loop.record(rec, DISCARD, v.reason + (" (the worse of its runs)" if confirmed else "") + again)
+            if refused := _refuse(loop, rec, v.reason, runs, best, rerun):
+                return refused
+            below = decision.probe_bar(bar, loop.thresh)   # for a confirmation or re-applied run of it
             why = _recheck_reason(loop, rec, best, rerun)   # a keep would rest on more compute: re-run the best
             if not why and rec.parent == best.commit and (v.action == KEEP or confirmed):
                 return loop.record(rec, KEEP, v.reason.replace("; confirming with another seed", "")
@@ -148,7 +157,7 @@ def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
             seed = decision.confirm_seed(loop.policy.seed, n) if rules.confirm_wins else loop.policy.seed
             loop.events.trial_phase(n, "re-applied", f"onto the newer best {best.commit[:12]}, seed {seed}")
             t = time.monotonic()
-            ro = loop.trial(n, merged, seed, "rebased")
+            ro = loop.trial(n, merged, seed, "rebased", below)
             rec.timings["rebased_s"] = round(rec.timings.get("rebased_s", 0.0) + time.monotonic() - t, 3)
             rec.rebased = {"from_commit": rec.commit, "from_val_bpb": rec.val_bpb, "onto": best.commit,
                            **_summary(ro, seed)}
@@ -158,20 +167,23 @@ def _decide(loop, n: int, rec: TrialRecord, val: float) -> TrialRecord:
                                                      f"{ro.status}: {ro.error}")
             rec.commit, rec.parent = merged, best.commit
             fill(rec, ro)
+            runs.append(("re-applied run", ro.probe_scope, number(ro.timings.get("train_host_s"))))
             val, confirmed = max(val, ro.val_bpb), confirmed or rules.confirm_wins
         else:                                          # v.action == CONFIRM: the same code with another seed
             seed = decision.confirm_seed(loop.policy.seed, n)
             loop.events.trial_phase(n, "confirming", f"seed {seed}")
             t = time.monotonic()
-            co = loop.trial(n, rec.commit, seed, "confirm")
+            co = loop.trial(n, rec.commit, seed, "confirm", below)
             rec.timings["confirm_s"] = round(time.monotonic() - t, 3)
             rec.confirm = _summary(co, seed)
+            runs.append(("confirmation run", co.probe_scope, number(co.timings.get("train_host_s"))))
             with loop.lock:
                 best = loop.best
                 if co.status != "ok" or rec.parent == best.commit:
                     rec.best_at_decision, rec.best_bpb_before = best.commit, _bar(best, rerun)
                     v = decision.judge_confirmation(val, co.status, co.val_bpb, _bar(best, rerun), loop.thresh)
-                    return loop.record(rec, v.action, v.reason)
+                    refused = _refuse(loop, rec, v.reason, runs, best, rerun) if v.action == KEEP else None
+                    return refused or loop.record(rec, v.action, v.reason)
             val, confirmed = max(val, co.val_bpb), True       # the best moved meanwhile: re-applied next
 
 
@@ -186,6 +198,27 @@ class _Rerun:
 def _bar(best: TrialRecord, rerun: _Rerun | None) -> float:
     """What the candidate must beat: the best's val_bpb, or its re-run's when the best was re-run now."""
     return rerun.outcome.val_bpb if rerun is not None and rerun.commit == best.commit else best.val_bpb
+
+
+def _refuse(loop, rec: TrialRecord, reason: str, runs: list, best: TrialRecord,
+            rerun: _Rerun | None) -> TrialRecord | None:
+    """Record a would-be keep (`reason`) as not kept when a run it rests on (`runs`: (what, probes scope, host
+    train s)) was probed on one batch only (discard), or trained measurably longer than the best (over_budget);
+    None when neither (call under the loop's lock)."""
+    if unprobed := decision.unprobed([(what, scope) for what, scope, _ in runs]):
+        return loop.record(rec, DISCARD, f"{reason}, but {unprobed}")
+    if longer := decision.trained_longer([(what, s) for what, _, s in runs], _best_seconds(best, rerun),
+                                         loop.policy.decision.max_seconds_over_best):
+        return loop.record(rec, "over_budget", f"{reason}, but {longer}")
+    return None
+
+
+def _best_seconds(best: TrialRecord, rerun: _Rerun | None) -> float | None:
+    """The best's train phase on the host's clock: the longer of its own run and its re-run now, if any."""
+    again = number(rerun.outcome.timings.get("train_host_s")) if rerun is not None and rerun.commit == best.commit \
+        else None
+    times = [s for s in (best.training_seconds, again) if s is not None]
+    return max(times) if times else None
 
 
 def _recheck_reason(loop, rec: TrialRecord, best: TrialRecord, rerun: _Rerun | None) -> str | None:
@@ -241,7 +274,7 @@ def _summary(o, seed: int) -> dict:
     return {"seed": seed, "status": o.status, "val_bpb": o.val_bpb, "error": o.error,
             "training_seconds": number(o.timings.get("train_host_s")),
             "claimed_training_seconds": number(o.train_summary.get("training_seconds")), "trial_timings": o.timings,
-            "calibration_s": o.calibration_s, "cpu_share": o.cpu_share}
+            "calibration_s": o.calibration_s, "cpu_share": o.cpu_share, "probe_scope": o.probe_scope}
 
 
 class _Stopwatch:

@@ -30,6 +30,17 @@ candidate's (`speed_differs`: the machine changed again -> discard). Only the ca
 re-run measured the best's code under today's load, and a CPU share that still differs is the code's own doing.
 A step-limited run that reached train.max_steps is compared step for step, so its speed does not matter
 (`compared_by_steps`).
+
+Training time, measured outside the candidate: the host kills a train phase at budget + allowance, and on the CPU
+the cgroup bounds its CPU time (runner.sandbox.classify). On a GPU neither bounds the GPU's work: a candidate that
+raises its own budget trains until just before the deadline. `decision.max_seconds_over_best` closes that: a
+would-be keep whose train phase on the host's clock (hand-over of train.py to the container's exit, every run
+that its keep rests on) took more than that many seconds longer than the best's (`trained_longer`) is
+`over_budget`. Honest candidates differ there only in start-up before the first batch and export.
+
+Probes where a score can be kept: a run's evaluation probes every eval batch for fairness when its score is below
+`probe_bar` (the score a keep needs: best - threshold), one batch otherwise (trainer/evaluate.py); a peek that does
+not beat the bar buys nothing. `unprobed` refuses a keep resting on a run probed on one batch only.
 """
 from __future__ import annotations
 
@@ -125,6 +136,34 @@ def speed_differs(run, rerun, max_drift: float | None) -> str | None:
     if drift > max_drift + EPS:
         return (f"the machine's speed changed again: calibration {r:.3f} s in the re-run against {c:.3f} s in the "
                 f"candidate's run ({drift:.0%} apart)")
+    return None
+
+
+def trained_longer(runs: list[tuple[str, float | None]], best_s: float | None, limit: float | None) -> str | None:
+    """One line when one of `runs` ((what, host train seconds)) took more than `limit` seconds longer than the
+    best's train phase (best_s); None otherwise, or when limit is None or a time was not measured."""
+    if limit is None or best_s is None:
+        return None
+    for what, s in runs:
+        if s is not None and s - best_s > limit + EPS:
+            return (f"its {what} trained {s:.1f} s on the host's clock against {best_s:.1f} s for the best, "
+                    f"{s - best_s:.1f} s longer (decision.max_seconds_over_best {limit:g} s): more training time, "
+                    "not a better model")
+    return None
+
+
+def probe_bar(best_bpb: float, thresh: float) -> float:
+    """The score under which a candidate's evaluation probes every batch: what a keep needs (best - thresh; `judge`
+    keeps only below it), floored at a tiny positive number (nothing scores below it: nothing can be kept)."""
+    return max(best_bpb - thresh, 1e-9)
+
+
+def unprobed(runs: list[tuple[str, str | None]]) -> str | None:
+    """One line when a run that a keep would rest on ((what, probes scope)) was probed on one batch only."""
+    for what, scope in runs:
+        if scope == "one_batch":
+            return (f"its {what} was probed on one eval batch only (it scored above the bar it was given), so its "
+                    "score cannot be kept")
     return None
 
 

@@ -38,6 +38,9 @@ class TrialSpec:
     seed: int
     work_dir: Path                    # host dir for this trial's files (train.py copy, result.json, logs)
     keep_model: bool = False          # keep work_dir/model.pt2 after the trial (reproduce, debugging)
+    # the evaluator probes every eval batch only when the score is below this (runner.decision.probe_bar: the score
+    # a keep needs), else one batch; None: every batch whatever the score (baselines, re-checks of the best)
+    every_batch_below: float | None = None
 
 
 @dataclass
@@ -56,6 +59,7 @@ class TrialOutcome:
     calibration_s: float | None = None   # the trusted launcher's fixed kernel, before the hand-over (lower: faster)
     cpu_share: float | None = None       # train container CPU s / (host train s x quota cores); 1.0: all of it
     throttled_s: float | None = None     # seconds the CPU quota held the train container back (cgroup)
+    probe_scope: str | None = None       # the result's probes.scope: every_batch | one_batch (None: no result)
 
 
 OnLine = Callable[[str], None]

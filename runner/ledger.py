@@ -74,6 +74,7 @@ class TrialRecord:
     cpu_share: float | None = None          # train container CPU s / (host train s x quota cores); 1.0: all of it
     throttled_s: float | None = None        # cgroup throttled time during training
     recheck: str = ""                       # why the best was re-run before deciding, and what that gave
+    probe_scope: str | None = None          # every_batch | one_batch: how its score was probed (runner.decision)
     started_at: float = 0.0                             # unix time
     finished_at: float = 0.0
     schema: str = SCHEMA
@@ -108,6 +109,7 @@ def fill(rec: TrialRecord, o) -> None:
     rec.image_digest = o.image_digest
     rec.slot = o.slot
     rec.calibration_s, rec.cpu_share, rec.throttled_s = o.calibration_s, o.cpu_share, o.throttled_s
+    rec.probe_scope = getattr(o, "probe_scope", None)
     rec.trial_timings = dict(o.timings or {})
     if o.attempts > 1:                      # an executor re-ran it after an infra failure (a node lost)
         rec.trial_timings["attempts"] = o.attempts

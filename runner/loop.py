@@ -289,8 +289,9 @@ class Loop:
                             f"{rec.reason}; see {self.dir / 'trials' / str(n)}; fix it, then --resume")
         return rec
 
-    def trial(self, n: int, commit: str, seed: int, sub: str) -> TrialOutcome:
-        """Run one trial of `commit` with `seed` in runs/<tag>/trials/<n>[/sub] on the executor."""
+    def trial(self, n: int, commit: str, seed: int, sub: str, every_batch_below: float | None = None) -> TrialOutcome:
+        """Run one trial of `commit` with `seed` in runs/<tag>/trials/<n>[/sub] on the executor; every_batch_below:
+        the score under which its evaluation probes every batch (None: every batch whatever the score)."""
         work = self.dir / "trials" / str(n)
         if sub:
             work = runs.fresh_dir(work / sub)
@@ -301,7 +302,8 @@ class Loop:
                                  and repeats > 1 and (sub == "" or sub.startswith("repeat-")) else "")
         self.events.trial_phase(n, "starting", what)
         spec = TrialSpec(run_tag=self.tag, trial_id=f"{n}-{sub}" if sub else str(n), candidate_dir=candidate,
-                         data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work)
+                         data_dir=self.data, policy=self.policy, image=self.image, seed=seed, work_dir=work,
+                         every_batch_below=every_batch_below)
         with runs.LogTee(work / "train.log", lambda text: self.events.trial_line(n, text)) as on_line:
             return self.executor.run(spec, on_line,
                                      on_phase=lambda name: self.events.trial_phase(n, name, what))

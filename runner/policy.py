@@ -111,6 +111,10 @@ class DecisionRules(_Strict):
     max_speed_drift: float | None = Field(0.10, gt=0, description="a would-be keep that got more compute than the "
                                           "best by more than this fraction (calibration faster, or a higher CPU "
                                           "share) is judged against a re-run of the best instead; None: never")
+    max_seconds_over_best: float | None = Field(None, gt=0, description="a would-be keep whose train phase on the "
+                                                "host's clock took more than this many seconds longer than the "
+                                                "best's is over_budget (a GPU, where no CPU-time bound holds); "
+                                                "None: off")
 
 
 class Prices(_Strict):

@@ -132,7 +132,7 @@ class RayExecutor:
         train_py = _read_regular(Path(spec.candidate_dir) / "train.py", MAX_TRAIN_PY_BYTES)
         job = {**self._pins(spec.image, Path(spec.data_dir)), "run_tag": spec.run_tag, "trial_id": spec.trial_id,
                "policy": spec.policy.model_dump(), "seed": spec.seed, "keep_model": spec.keep_model,
-               "train_py": train_py}
+               "every_batch_below": spec.every_batch_below, "train_py": train_py}
         wait_s = spec.policy.train.deadline_seconds + spec.policy.eval.timeout_seconds + NODE_ALLOWANCE_S
         lost: list[str] = []
         answer = None

@@ -51,7 +51,8 @@ def node_trial(job: dict) -> dict:
                 del lines[:-MAX_LOG_LINES]
         spec = TrialSpec(run_tag=job["run_tag"], trial_id=job["trial_id"], candidate_dir=cand,
                          data_dir=Path(ready["data_dir"]), policy=policy, image=job["image"], seed=job["seed"],
-                         work_dir=work / "trial", keep_model=job["keep_model"])
+                         work_dir=work / "trial", keep_model=job["keep_model"],
+                         every_batch_below=job.get("every_batch_below"))
         try:
             out = run_trial(spec, on_line, client=client, on_phase=phases.append)
             result = work / "trial" / "result.json"

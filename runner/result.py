@@ -5,7 +5,9 @@ trusted evaluator but about a model the agent built, inside a container; it is v
 wrote it: at most MAX_RESULT_BYTES, strict JSON (NaN/Infinity rejected, nesting bounded), every number finite,
 the schema "autoresearch.result/1" (trainer.contract.check_result, the one definition the evaluator checks its
 own output against, plus the host's checks here), and, when read from disk, a regular file inside the output
-directory reached without following any link.
+directory reached without following any link. A valid result may have been probed on one batch only
+(`probes.scope` "one_batch": its val_bpb did not beat the bar the host gave, and check_result refuses one that
+did); such a score can discard a candidate but must never keep one.
 
 The train summary is the `key: value` block after the last `---` line of train.py's stdout. It is the agent's
 own account: bounded, numbers only, never the score (keys that look like a score, trainer.contract.SCORE_KEY,

@@ -114,7 +114,11 @@ class FakeExecutor:
             time.sleep(self.seconds)
             if spec.trial_id in self.gates:
                 assert self.gates[spec.trial_id].wait(10), f"trial {spec.trial_id} was never let through"
-            return self._outcome(spec, on_line, on_phase)
+            out = self._outcome(spec, on_line, on_phase)     # (a subclass may move its score)
+            if out.status == "ok" and out.probe_scope is None:  # the probe scope as trainer/evaluate.py picks it
+                below = spec.every_batch_below
+                out.probe_scope = "one_batch" if below is not None and out.val_bpb >= below else "every_batch"
+            return out
         finally:
             with self.mutex:
                 self.running -= 1
@@ -138,8 +142,10 @@ class FakeExecutor:
             on_phase("evaluating")
         score = float(re.search(r"^SCORE = (\S+)", text, re.M).group(1)) + self.seed_offsets.get(spec.seed, 0.0)
         score -= 0.2 * len(re.findall(r"^BONUS\d* = 1", text, re.M))          # each independent idea helps
-        return TrialOutcome("ok", val_bpb=score, image_digest="sha256:fake",
-                            timings={"total_s": 0.01, "train_host_s": 2.5},
+        scope = "one_batch" if "UNPROBED" in text else None       # UNPROBED: one batch whatever the score
+        host_s = re.search(r"^TRAIN_S = (\S+)", text, re.M)                # the train phase on the host's clock
+        return TrialOutcome("ok", val_bpb=score, image_digest="sha256:fake", probe_scope=scope,
+                            timings={"total_s": 0.01, "train_host_s": float(host_s.group(1)) if host_s else 2.5},
                             train_summary={"training_seconds": 2.0, "peak_memory_mb": 512.0,
                                            "num_steps": 5 if "SLOW" in text else 10,
                                            "tokens_per_second": 100.0})

@@ -56,9 +56,10 @@ def open_up(path: Path) -> Path:
 
 
 def trial(tmp_path: Path, image: str, cand: Path, data: Path, pol=None, seed: int = 1337, on_line=None,
-          keep_model: bool = False, trial_id: str | None = None, on_phase=None):
+          keep_model: bool = False, trial_id: str | None = None, on_phase=None, every_batch_below=None):
     """Run one real trial; returns (outcome, spec)."""
     spec = TrialSpec(run_tag=f"{TEST_RUN_PREFIX}-{os.getpid()}", trial_id=trial_id or uuid.uuid4().hex[:8],
                      candidate_dir=cand, data_dir=data, policy=pol or policy(), image=image, seed=seed,
-                     work_dir=Path(tmp_path) / f"work-{uuid.uuid4().hex[:6]}", keep_model=keep_model)
+                     work_dir=Path(tmp_path) / f"work-{uuid.uuid4().hex[:6]}", keep_model=keep_model,
+                     every_batch_below=every_batch_below)
     return run_trial(spec, on_line=on_line, on_phase=on_phase), spec

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainer import contract
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,3 +75,88 @@ def test_the_calibration_is_read_only_before_the_launchers_hand_over_line():
 def test_a_calibration_line_that_is_not_a_finite_positive_number_is_none():
     for bad in ("seconds=nan", "seconds=-1", "seconds=0", "seconds=1e9", "seconds=fast", "kernel=x"):
         assert contract.parse_calibration([contract.CALIBRATION_PREFIX + bad, contract.LAUNCHED_LINE]) is None
+
+
+# ---- result.json's probe scope (docs/result-schema.md): the host keeps only scores probed on every batch
+
+def probed(scope: str = "every_batch", bar: float | None = None, val_bpb: float = 2.07, n: int = 3) -> dict:
+    """A valid ok result whose probes checked `n` batches each with `scope` (one_batch: 1 each, no miss bound)."""
+    one = scope == "one_batch"
+    runs = {name: {"passed": True, "max_abs_diff": 0.0, "evidence": "", "positions": [], "rows": [],
+                   "batches": 1 if one else n} for name in contract.PROBE_NAMES}
+    if bar is None:
+        runs["determinism"]["batches"] = 1
+    return {
+        "schema": contract.SCHEMA, "status": "ok", "val_bpb": val_bpb, "val_loss": 3.7, "eval_tokens": 26118,
+        "eval_bytes": 67466, "preset": "tiny", "seq_len": 64, "eval_batch_size": 8, "vocab_size": 512,
+        "device": "cpu", "error": None,
+        "probes": {"seed": 1, "tolerance": 1e-4, "causality_passes": 2, "miss_bound": None if one else 1.3e-7,
+                   "scope": scope, "every_batch_below": bar, **runs},
+        "data": {"manifest_sha256": "58" * 32, "bpb_floor": None, "source": "synthetic", "baselines": {}},
+        "model": {"sha256": "83" * 32, "bytes": 974206, "num_params": 196676},
+        "timings": {"data_s": 0.01, "load_s": 4.3, "probe_s": 4.3, "eval_s": 18.1, "total_s": 26.8},
+        "versions": {"torch": "2.13.0+cpu", "python": "3.11.2", "evaluator": "1+5a46993c6f85"},
+    }
+
+
+def test_a_one_batch_result_whose_score_beats_its_bar_is_refused_by_the_schema_and_by_the_host():
+    import json
+
+    from runner.result import ResultError, parse_result
+    assert contract.check_result(probed("one_batch", bar=2.07, val_bpb=2.07)) == []      # not below: fine
+    forged = probed("one_batch", bar=2.5, val_bpb=2.07)
+    problems = contract.check_result(forged)
+    assert problems and "must be probed on every batch" in problems[0]
+    with pytest.raises(ResultError, match="scope is one_batch but val_bpb 2.07 is below every_batch_below 2.5"):
+        parse_result(json.dumps(forged).encode())
+
+
+def test_the_probe_scope_fields_follow_the_evaluators_rules():
+    good = [probed(), probed(bar=9.0), probed(bar=1.0), probed("one_batch", bar=1.0)]
+    assert [contract.check_result(r) for r in good] == [[]] * 4
+
+    def broken(change, **kw) -> list[str]:
+        r = probed(**kw)
+        change(r["probes"])
+        return contract.check_result(r)
+    for change, kw, needle in [
+        (lambda p: p.pop("scope"), {}, "probes must hold exactly"),
+        (lambda p: p.update(scope="some_batches"), {}, "probes.scope must be one of"),
+        (lambda p: p.update(scope=None), {}, "probes.scope must be one of"),
+        (lambda p: p.update(every_batch_below=-1.0), {}, "every_batch_below must be a positive number"),
+        (lambda p: p.update(every_batch_below="2"), {}, "every_batch_below must be a positive number"),
+        (lambda p: p.update(every_batch_below=None), {"scope": "one_batch", "bar": 1.0}, "no every_batch_below"),
+        (lambda p: p.update(miss_bound=1e-7), {"scope": "one_batch", "bar": 1.0}, "miss_bound must be null"),
+        (lambda p: p.update(miss_bound=None), {}, "probes.miss_bound must be num"),
+        (lambda p: p["causality"].update(batches=2), {"scope": "one_batch", "bar": 1.0}, "scope is one_batch"),
+        (lambda p: p["causality"].update(batches=2), {}, "scope is every_batch"),
+        (lambda p: p["determinism"].update(batches=1), {"bar": 9.0}, "scope is every_batch"),
+    ]:
+        problems = broken(change, **kw)
+        assert problems and needle in problems[0], (needle, problems)
+
+
+def test_a_violation_or_invalid_model_may_leave_the_scope_open_but_one_batch_still_needs_its_bar():
+    for status in ("violation", "invalid_model"):
+        r = probed()
+        r.update(status=status, val_bpb=None, val_loss=None, error="x")
+        r["probes"].update(scope=None, miss_bound=None)
+        r["probes"]["causality"].update(passed=False)
+        assert contract.check_result(r) == []
+        r["probes"].update(scope="one_batch")
+        assert any("no every_batch_below" in p for p in contract.check_result(r))
+
+
+def test_the_bar_file_the_host_writes_is_the_bar_the_evaluator_reads(tmp_path):
+    import os
+    path = tmp_path / contract.PROBE_BAR_FILE
+    assert contract.read_probe_bar(path) is None                                # no file: probe every batch
+    path.write_bytes(contract.probe_bar_json(1.25))
+    assert contract.read_probe_bar(path) == 1.25 and contract.parse_probe_bar(b'{"every_batch_below": 3}') == 3.0
+    for bad in (0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            contract.probe_bar_json(bad)
+    os.replace(path, tmp_path / "real.json")
+    path.symlink_to(tmp_path / "real.json")
+    with pytest.raises(ValueError, match="without following a link"):
+        contract.read_probe_bar(path)

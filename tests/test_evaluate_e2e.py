@@ -22,6 +22,7 @@ def test_prepare_train_export_evaluate_lands_between_the_floor_and_the_unigram_b
     res = direct_trial(data=data, preset="tiny", budget=120, max_steps=20, seed=1, out=tmp_path / "out")
     assert check_result(res) == [] and res["status"] == "ok", res["error"]
     assert all(res["probes"][p]["passed"] for p in ("determinism", "batch_independence", "causality"))
+    assert res["probes"]["scope"] == "every_batch" and res["probes"]["every_batch_below"] is None   # no bar given
     floor, unigram = manifest["bpb_floor"], manifest["baselines"]["unigram_token_bpb"]
     assert res["data"]["bpb_floor"] == floor
     assert floor < res["val_bpb"] < 0.85 * unigram, (floor, res["val_bpb"], unigram)

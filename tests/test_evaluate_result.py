@@ -97,6 +97,9 @@ def test_the_schema_check_rejects_results_that_break_its_rules(good, data):
                    lambda r: r.update(schema="autoresearch.result/0"),
                    lambda r: r["probes"]["causality"].update(passed=False),
                    lambda r: r["probes"].update(causality=None),
+                   lambda r: r["probes"].update(scope="some_batches"),
+                   lambda r: r["probes"].update(scope="one_batch"),                # with no bar given
+                   lambda r: r["probes"].update(every_batch_below=0.0),
                    lambda r: r.update(eval_tokens="12")):
         r = copy.deepcopy(res)
         mutate(r)

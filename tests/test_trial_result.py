@@ -15,6 +15,7 @@ GOOD = {
     "vocab_size": 512, "device": "cpu", "error": None,
     "probes": {
         "seed": 4529179631042123616, "tolerance": 0.0001, "causality_passes": 2, "miss_bound": 1.3e-07,
+        "scope": "every_batch", "every_batch_below": None,
         "causality": {"passed": True, "max_abs_diff": 0.0, "evidence": "", "positions": [1, 5], "rows": [],
                       "batches": 3},
         "batch_independence": {"passed": True, "max_abs_diff": 0.0, "evidence": "", "positions": [], "rows": [7, 3],

@@ -10,16 +10,21 @@ image's launcher, harness and evaluator import it for the same names. What it fi
 - the lines the host watches for in the train container's output (LAUNCHED_LINE, EXPORTING_LINE, the
   launcher's calibration line) and the progress line's format, each with its one parser;
 - the pattern of summary keys that look like a score (never taken from train.py);
-- the result.json document: SCHEMA, STATUSES, PROBE_NAMES and `check_result`, the schema's one definition
-  (docs/result-schema.md).
+- the result.json document: SCHEMA, STATUSES, PROBE_NAMES, SCOPES and `check_result`, the schema's one definition
+  (docs/result-schema.md);
+- the bar the host hands the evaluator beside the model (PROBE_BAR_FILE; `probe_bar_json` writes it,
+  `read_probe_bar` reads it).
 
 Every line and number printed inside a container is untrusted text: the lines here are hints for scheduling and
 display, never a score.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import stat
 
 # --------------------------------------------------------------------------- mounts and files
 WORK_DIR = "/work"                  # train: the host's hand-over directory (train.py, trial.json), read-only
@@ -32,6 +37,10 @@ MODEL_FILE = "model.pt2"            # the exported model: OUT_DIR of train, then
 EXPORT_ERROR_FILE = "export_error.txt"   # one line, in OUT_DIR of train, when the export failed
 RESULT_FILE = "result.json"         # the evaluator's document, in OUT_DIR of eval
 MODEL_IN = f"{MODEL_DIR}/{MODEL_FILE}"
+PROBE_BAR_FILE = "probes.json"      # beside MODEL_FILE in MODEL_DIR, optional: {"every_batch_below": x}, written
+                                    # by the host before it renames MODEL_FILE in (`probe_bar_json`)
+PROBE_BAR_KEY = "every_batch_below"
+MAX_PROBE_BAR_BYTES = 4096
 
 # --------------------------------------------------------------------------- the train container's environment
 ENV_DATA = "AUTORESEARCH_DATA"           # the prepared data directory (required)
@@ -125,12 +134,65 @@ def last_line(text: str | None, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else "(no output)"
 
 
+def probe_bar_json(every_batch_below: float) -> bytes:
+    """PROBE_BAR_FILE's bytes for a bar (what the host writes): the evaluator probes every batch when val_bpb is
+    below it, else one batch. Raises ValueError unless it is a finite number > 0."""
+    data = json.dumps({PROBE_BAR_KEY: every_batch_below}).encode()
+    parse_probe_bar(data)
+    return data
+
+
+def parse_probe_bar(data: bytes) -> float:
+    """The bar in PROBE_BAR_FILE's bytes. Raises ValueError (one line: what is wrong, the value found) unless they
+    are at most MAX_PROBE_BAR_BYTES of JSON, an object with exactly PROBE_BAR_KEY, a finite number > 0."""
+    if len(data) > MAX_PROBE_BAR_BYTES:
+        raise ValueError(f"over {MAX_PROBE_BAR_BYTES} bytes")
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=lambda c: c)   # NaN/Infinity stay strings: refused
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"not JSON ({' '.join(str(e).split())[:80]})") from None
+    if not isinstance(obj, dict) or set(obj) != {PROBE_BAR_KEY}:
+        got = sorted(str(k)[:40] for k in obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"must be an object with exactly the key {PROBE_BAR_KEY!r}, got {got}")
+    bar = obj[PROBE_BAR_KEY]
+    try:
+        ok = _is(bar, "num") and math.isfinite(float(bar)) and bar > 0
+    except OverflowError:                   # an integer too big for a float
+        ok = False
+    if not ok:
+        raise ValueError(f"{PROBE_BAR_KEY} must be a finite number > 0, got {_short(bar)}")
+    return float(bar)
+
+
+def read_probe_bar(path) -> float | None:
+    """The bar in the file at `path` (parse_probe_bar), None when there is none. Raises ValueError (one line) when
+    it is a link or not a regular file, or its bytes are not a bar."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be opened without following a link: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        data = os.read(fd, MAX_PROBE_BAR_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return parse_probe_bar(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 # --------------------------------------------------------------------------- result.json
 SCHEMA = "autoresearch.result/1"
 STATUSES = ("ok", "violation", "invalid_model")
 PROBE_NAMES = ("determinism", "batch_independence", "causality")
+SCOPES = ("every_batch", "one_batch")   # probes.scope: which eval batches were probed
 PROBE_KEYS = frozenset({"passed", "max_abs_diff", "evidence", "positions", "rows", "batches"})
-PROBES_SECTION = frozenset({"seed", "tolerance", "causality_passes", "miss_bound", *PROBE_NAMES})
+PROBES_SECTION = frozenset({"seed", "tolerance", "causality_passes", "miss_bound", "scope", "every_batch_below",
+                            *PROBE_NAMES})
 TOP_KEYS = frozenset({"schema", "status", "val_bpb", "val_loss", "eval_tokens", "eval_bytes", "preset", "seq_len",
                       "eval_batch_size", "vocab_size", "device", "probes", "data", "model", "timings", "versions",
                       "error"})
@@ -196,7 +258,7 @@ def check_result(obj) -> list[str]:
     if ok and obj["error"] is not None:
         errs.append("error must be null when status is ok")
     field("error", obj["error"], "str", nullable=ok)
-    _check_probes(obj["probes"], obj["status"], field, errs)
+    _check_probes(obj["probes"], obj["status"], obj["val_bpb"], field, errs)
     for section, fields in SECTIONS.items():
         sec = obj[section]
         if not isinstance(sec, dict) or set(sec) != set(fields):
@@ -209,16 +271,31 @@ def check_result(obj) -> list[str]:
     return errs
 
 
-def _check_probes(pr, status, field, errs: list[str]) -> None:
+def _check_probes(pr, status, val_bpb, field, errs: list[str]) -> None:
     ok = status == "ok"
     if not isinstance(pr, dict) or set(pr) != PROBES_SECTION:
-        errs.append(f"probes must hold exactly seed, tolerance, causality_passes, miss_bound and "
-                    f"{', '.join(PROBE_NAMES)}")
+        errs.append(f"probes must hold exactly seed, tolerance, causality_passes, miss_bound, scope, "
+                    f"every_batch_below and {', '.join(PROBE_NAMES)}")
         return
+    scope, bar = pr["scope"], pr["every_batch_below"]
     field("probes.seed", pr["seed"], "int", nullable=not ok)
     field("probes.tolerance", pr["tolerance"], "num")
     field("probes.causality_passes", pr["causality_passes"], "int", nullable=not ok)
-    field("probes.miss_bound", pr["miss_bound"], "num", nullable=not ok)
+    field("probes.miss_bound", pr["miss_bound"], "num", nullable=not ok or scope == "one_batch")
+    if not (scope is None and not ok) and scope not in SCOPES:
+        errs.append(f"probes.scope must be one of {SCOPES}{' or null' if not ok else ''}, got {_short(scope)}")
+    if bar is not None and not (_is(bar, "num") and bar > 0):
+        errs.append(f"probes.every_batch_below must be a positive number or null, got {_short(bar)}")
+    if scope == "one_batch":
+        # the evaluator's rule: one batch only when a bar was given and the score did not beat it
+        if pr["miss_bound"] is not None:
+            errs.append("probes.miss_bound must be null when scope is one_batch (no bound on the other batches)")
+        if bar is None:
+            errs.append("probes.scope is one_batch but no every_batch_below was given")
+        elif ok and _is(val_bpb, "num") and _is(bar, "num") and val_bpb < bar:
+            errs.append(f"probes.scope is one_batch but val_bpb {_short(val_bpb)} is below every_batch_below "
+                        f"{_short(bar)}: a score that can be kept must be probed on every batch")
+    _check_coverage(pr, scope, bar, ok, errs)
     for name in PROBE_NAMES:
         r = pr[name]
         if r is None:
@@ -242,3 +319,20 @@ def _check_probes(pr, status, field, errs: list[str]) -> None:
     if status == "violation" and not any(isinstance(pr[n], dict) and pr[n].get("passed") is False
                                          for n in PROBE_NAMES):
         errs.append("status is violation but no probe failed")
+
+
+def _check_coverage(pr, scope, bar, ok: bool, errs: list[str]) -> None:
+    """When ok, the probes' batch counts agree with the scope: one_batch, each probe 1; every_batch, batch
+    independence and causality the same count (every eval batch: the result does not say how many there are), and
+    with a bar determinism too (each batch was run again)."""
+    counts = {n: pr[n]["batches"] for n in PROBE_NAMES if isinstance(pr[n], dict) and _is(pr[n].get("batches"), "int")}
+    if not ok or len(counts) != len(PROBE_NAMES):
+        return
+    seen = ", ".join(f"{n} {_short(c)}" for n, c in counts.items())
+    if scope == "one_batch" and set(counts.values()) != {1}:
+        errs.append(f"probes checked {seen} batches but scope is one_batch (1 each)")
+    if scope == "every_batch":
+        want = {"batch_independence", "causality"} | ({"determinism"} if bar is not None else set())
+        if len({counts[n] for n in want}) != 1:
+            errs.append(f"probes checked {seen} batches but scope is every_batch (the same count for "
+                        f"{', '.join(sorted(want))})")

@@ -13,16 +13,25 @@ With --wait-for-model the model file need not exist yet: the evaluator reads the
 tiny trusted model, and waits for the file (the runner starts the eval container while training runs, so the
 torch import and warm-up are off the critical path; see `wait_for_model`).
 
-Steps: verify DATA/val and DATA/tokenizer against DATA/manifest.json; lay out the val tokens (trainer/bpb.py);
-load and check the model against the TRUSTED shapes (seq_len and eval_batch_size from trainer/presets.yaml,
-vocab_size from tokenizer.json, never from the model); score every batch and, right after each scoring pass, run
-the fairness probes on that batch against its logits (trainer/probes.py; a failure ends the evaluation); write ONE
-result.json atomically, checked against its schema first (trainer.contract.check_result, docs/result-schema.md).
+Steps:
+1. verify DATA/val and DATA/tokenizer against DATA/manifest.json; lay out the val tokens (trainer/bpb.py);
+2. (--wait-for-model) wait for the model; then read the bar, `<dir of --model>/probes.json` (`read_probe_bar`:
+   {"every_batch_below": float}, written by the host before the model is renamed in; absent: no bar);
+3. load and check the model against the TRUSTED shapes (seq_len and eval_batch_size from trainer/presets.yaml,
+   vocab_size from tokenizer.json, never from the model);
+4. score and probe (trainer/probes.py; a failed probe ends the evaluation with status "violation"):
+   - no bar: every batch, each probed right after its scoring pass against its logits (scope "every_batch");
+   - a bar: every batch scored first, keeping each batch's per-position nll; then, if val_bpb < the bar, every
+     batch is run again, its nll must match the scoring pass's (determinism) and the probes run against it
+     (scope "every_batch"); else the same on one batch drawn from the probe seed (scope "one_batch": a score
+     that cannot be kept is not worth the sweep; the host keeps only results probed on every batch);
+5. write ONE result.json atomically, checked against its schema first (trainer.contract.check_result,
+   docs/result-schema.md).
 
 Exit status (trainer.contract): EVAL_OK (0) whenever a result was written, whatever its status (ok, violation,
 invalid_model); EVAL_USAGE (2) for a usage error (unknown preset); EVAL_CANNOT_RUN (3) when it could not run at
 all (missing or corrupt val data, no CUDA device): a one-line message on stderr, no result, and the runner
-reports an infrastructure failure.
+reports an infrastructure failure (a malformed probes.json too: the host wrote it).
 """
 from __future__ import annotations
 
@@ -41,8 +50,9 @@ import torch
 import yaml
 
 from . import bpb, probes
-from .contract import (EVAL_CANNOT_RUN, EVAL_OK, EVAL_USAGE, PROBE_NAMES, SCHEMA, STATUSES,  # noqa: F401
-                       check_result)
+from .contract import (EVAL_CANNOT_RUN, EVAL_OK, EVAL_USAGE, PROBE_BAR_FILE, PROBE_NAMES, SCHEMA,  # noqa: F401
+                       STATUSES, check_result)
+from .contract import read_probe_bar as read_bar_file
 from .process import cpu_threads, exit_now, first_math_calls, keep_freed_memory, wait_for
 from .safe_pt2 import InvalidModel, load_program, warm_up
 from .shards import (DataError, atomic_write_json, load_split, load_token_bytes, load_tokenizer_meta,
@@ -57,7 +67,11 @@ SCORING_FILES = ("evaluate.py", "contract.py", "process.py", "safe_pt2.py", "saf
 
 
 class SetupError(Exception):
-    """The evaluator cannot run here (bad preset, no such device). One line."""
+    """The evaluator cannot run here (no such device, a malformed probes.json). One line."""
+
+
+class UsageError(SetupError):
+    """The evaluator was called wrongly (an unknown preset): exit EVAL_USAGE. One line."""
 
 
 def evaluator_version() -> str:
@@ -71,7 +85,7 @@ def evaluator_version() -> str:
 def load_preset(name: str, path: Path = PRESETS_FILE) -> dict:
     presets = yaml.safe_load(path.read_text())
     if name not in presets:
-        raise SetupError(f"unknown preset {name!r}; use one of {', '.join(presets)} (trainer/presets.yaml)")
+        raise UsageError(f"unknown preset {name!r}; use one of {', '.join(presets)} (trainer/presets.yaml)")
     p = presets[name]
     for key in ("seq_len", "eval_batch_size"):
         if not isinstance(p.get(key), int) or p[key] < 1:
@@ -103,7 +117,7 @@ def _skeleton(preset: str, p: dict, device: str) -> dict:
         "eval_tokens": None, "eval_bytes": None, "preset": preset, "seq_len": p["seq_len"],
         "eval_batch_size": p["eval_batch_size"], "vocab_size": None, "device": device,
         "probes": {"seed": None, "tolerance": probes.TOLERANCE, "causality_passes": None, "miss_bound": None,
-                   **{n: None for n in PROBE_NAMES}},
+                   "scope": None, "every_batch_below": None, **{n: None for n in PROBE_NAMES}},
         "data": {"manifest_sha256": None, "bpb_floor": None, "source": None, "baselines": {}},
         "model": {"sha256": None, "bytes": None, "num_params": None},
         "timings": {"data_s": None, "load_s": None, "probe_s": None, "eval_s": None, "total_s": None},
@@ -181,12 +195,26 @@ def wait_for_model(path: Path, wait_s: float, poll_s: float = 0.02) -> float:
     return time.perf_counter() - t0
 
 
+def read_probe_bar(model_path: str | Path) -> float | None:
+    """The bar from `<dir of model_path>/probes.json` (trainer.contract.read_probe_bar), None without one; read it
+    once the model is there. A malformed file is SetupError (one line): the host wrote it, never the model."""
+    try:
+        return read_bar_file(Path(model_path).parent / PROBE_BAR_FILE)
+    except ValueError as e:
+        raise SetupError(f"{_one_line(e).removeprefix('ValueError: ')} (written by the host: an infrastructure "
+                         "fault, not the model's)") from None
+
+
 def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cpu",
-             probe_seed: int | None = None, wait_s: float = 0.0) -> dict:
+             probe_seed: int | None = None, wait_s: float = 0.0, every_batch_below: float | None = None,
+             bar_file: bool = False) -> dict:
     """Score one exported model; returns the result dict. Raises DataError / SetupError when it cannot run.
 
     With wait_s > 0 the model may not exist yet: the data is read first, then `wait_for_model`. The timings
-    leave the wait out (total_s is the evaluator's own work).
+    leave the wait out (total_s is the evaluator's own work). every_batch_below: the bar (a finite number > 0):
+    every batch is scored first and probed only if val_bpb is below it, else one batch is (module docstring,
+    step 4); None: every batch probed as it is scored. bar_file: take the bar from `read_probe_bar` once the model
+    is there instead (main() does; every_batch_below must then be None).
     """
     t0 = time.perf_counter()
     p = load_preset(preset)
@@ -195,6 +223,9 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
     if device == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda was given but torch sees no CUDA device; run on a GPU host or use "
                          "--device cpu")
+    if every_batch_below is not None and (_finite(every_batch_below) is None or every_batch_below <= 0 or bar_file):
+        raise SetupError(f"every_batch_below must be a finite number > 0, got {every_batch_below!r}" if not bar_file
+                         else "give every_batch_below or bar_file, not both")
     res = _skeleton(preset, p, device)
     seq_len, batch = p["seq_len"], p["eval_batch_size"]
 
@@ -212,6 +243,8 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
         waited = wait_for_model(Path(model), wait_s)
         t0 += waited
         t1 += waited
+    bar = read_probe_bar(model) if bar_file else every_batch_below
+    res["probes"]["every_batch_below"] = None if bar is None else float(bar)
 
     def finish(status: str, error: str | None = None) -> dict:
         res["status"], res["error"] = status, error
@@ -229,62 +262,110 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
     t2 = time.perf_counter()
     res["timings"]["load_s"] = round(t2 - t1, 4)
 
-    def forward(x: torch.Tensor, what: str) -> torch.Tensor:
-        try:
-            logits = program(x)
-        except InvalidModel:
-            raise
-        except Exception as e:  # noqa: BLE001 - whatever the untrusted graph raises is the model's fault
-            raise InvalidModel(f"model failed on {what}: {_one_line(e)}") from None
-        return logits
-
     # the probes' plan: K causality passes per batch from the layout, random choices from a recorded seed
     seed = probe_seed if probe_seed is not None else secrets.randbits(63)
     n_batches = layout.n_batches(batch)
     n_cands = np.array([len(c) for c in probes.candidates(layout.weights(token_bytes))])
     passes = probes.causality_passes(n_cands)
     res["probes"].update(seed=seed, causality_passes=passes, miss_bound=probes.miss_bound(passes, n_cands))
-    prober = probes.Prober(lambda x: forward(x, "a probe pass"), layout.rows[:, :-1], layout.mask.any(axis=1), batch,
-                           n_batches, vocab, bos, seed, passes)
-
-    # the score, each batch probed right after its scoring pass
-    tally = bpb.Tally()
-    probe_s, failed = 0.0, None
+    run = _Run(program, layout, token_bytes, batch, device)
+    run.prober = probes.Prober(lambda x: run.forward(x, "a probe pass"), layout.rows[:, :-1], layout.mask.any(axis=1),
+                               batch, n_batches, vocab, bos, seed, passes, rescored=bar is not None)
     try:
-        for i, (x, y, w) in enumerate(layout.batches(batch, token_bytes)):
-            where = f"eval batch {i + 1}/{n_batches}"
-            x = torch.as_tensor(x).to(device)
-            logits = forward(x, where)
-            nll = bpb.token_nll(logits, torch.as_tensor(y))      # NaN or +inf anywhere in a row makes it non-finite
-            if not torch.isfinite(nll).all():
-                raise InvalidModel(f"model gives non-finite logits (NaN, inf, or -inf at a target) in {where}")
-            if not torch.isfinite(logits).all():
-                raise InvalidModel(f"model gives non-finite logits (NaN or inf) in {where}")
-            tally.add_nll(nll, w)
-            tp = time.perf_counter()
-            try:
-                failed = prober.batch(i, x, logits, w)
-            finally:
-                probe_s += time.perf_counter() - tp
-            del logits
-            if failed is not None:
-                break
+        if bar is None:
+            res["probes"]["scope"] = "every_batch"
+            failed = run.score(probe_each=True)
+        else:
+            run.score(probe_each=False)
+            every = run.tally.bpb < bar
+            res["probes"]["scope"] = "every_batch" if every else "one_batch"
+            if not every:
+                res["probes"]["miss_bound"] = None      # no bound on a peek in the batches not probed
+            failed = run.probe_again(range(n_batches) if every else [run.prober.picked])
     except InvalidModel as e:
-        res["timings"]["probe_s"] = round(probe_s, 4)
-        res["timings"]["eval_s"] = round(time.perf_counter() - t2 - probe_s, 4)
-        return finish("invalid_model", str(e))
-    t3 = time.perf_counter()
-    for name, r in prober.results().items():
+        failed = e
+    # probe_s: the probe passes (the passes run again after scoring included); eval_s: the scoring passes
+    res["timings"]["probe_s"] = round(run.probe_s, 4)
+    res["timings"]["eval_s"] = round(time.perf_counter() - t2 - run.probe_s, 4)
+    if isinstance(failed, InvalidModel):
+        return finish("invalid_model", str(failed))
+    for name, r in run.prober.results().items():
         res["probes"][name] = r.to_json()
-    res["timings"]["probe_s"] = round(probe_s, 4)
-    res["timings"]["eval_s"] = round(t3 - t2 - probe_s, 4)
     if failed is not None:
         return finish("violation", f"{failed.name} probe failed: {failed.evidence}")
+    tally = run.tally
     if (tally.tokens, tally.bytes) != (res["eval_tokens"], res["eval_bytes"]):
         raise RuntimeError(f"evaluator bug: scored {tally.tokens} tokens / {tally.bytes} bytes, layout has "
                            f"{res['eval_tokens']} / {res['eval_bytes']}")
     res["val_loss"], res["val_bpb"] = tally.loss, tally.bpb
     return finish("ok")
+
+
+class _Run:
+    """The forward passes of one evaluation, their time split into probing (probe_s) and scoring (the rest)."""
+
+    def __init__(self, program, layout: bpb.EvalLayout, token_bytes: np.ndarray, batch: int, device: str):
+        self.program, self.layout, self.token_bytes, self.b, self.device = program, layout, token_bytes, batch, device
+        self.n_batches = layout.n_batches(batch)
+        self.tally, self.nll, self.probe_s = bpb.Tally(), [], 0.0     # nll: per batch, kept for `probe_again`
+        self.prober: probes.Prober | None = None
+
+    def forward(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        try:
+            return self.program(x)
+        except InvalidModel:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the untrusted graph raises is the model's fault
+            raise InvalidModel(f"model failed on {what}: {_one_line(e)}") from None
+
+    def _batch(self, i: int):
+        x, y, w = self.layout.batch(i, self.b, self.token_bytes)
+        return torch.as_tensor(x).to(self.device), torch.as_tensor(y), w
+
+    def score(self, probe_each: bool) -> probes.ProbeResult | None:
+        """Every batch scored in order (finite logits or InvalidModel). probe_each (no bar): each batch probed
+        against its scoring pass's logits at once; else (a bar) none, each batch's nll kept for `probe_again`.
+        The failed probe or None."""
+        for i in range(self.n_batches):
+            x, y, w = self._batch(i)
+            where = f"eval batch {i + 1}/{self.n_batches}"
+            logits = self.forward(x, where)
+            nll = bpb.token_nll(logits, y)      # NaN or +inf anywhere in a row makes it non-finite
+            if not torch.isfinite(nll).all():
+                raise InvalidModel(f"model gives non-finite logits (NaN, inf, or -inf at a target) in {where}")
+            if not torch.isfinite(logits).all():
+                raise InvalidModel(f"model gives non-finite logits (NaN or inf) in {where}")
+            self.tally.add_nll(nll, w)
+            if not probe_each:
+                self.nll.append(nll)
+            elif (failed := self._probe(i, x, logits, w)) is not None:
+                return failed
+            del logits
+        return None
+
+    def probe_again(self, batches) -> probes.ProbeResult | None:
+        """After `score(False)`: each of `batches` run again (a probe pass) and its nll checked against the scoring
+        pass's (`Prober.rescore`), then probed against these logits. The failed probe or None."""
+        for i in batches:
+            x, y, w = self._batch(i)
+            tp = time.perf_counter()
+            try:
+                logits = self.forward(x, f"eval batch {i + 1}/{self.n_batches} scored again")
+                failed = self.prober.rescore(i, logits, bpb.token_nll(logits, y), self.nll[i])
+            finally:
+                self.probe_s += time.perf_counter() - tp
+            failed = self._probe(i, x, logits, w) if failed is None else failed
+            del logits
+            if failed is not None:
+                return failed
+        return None
+
+    def _probe(self, i: int, x: torch.Tensor, logits: torch.Tensor, w: np.ndarray) -> probes.ProbeResult | None:
+        tp = time.perf_counter()
+        try:
+            return self.prober.batch(i, x, logits, w)
+        finally:
+            self.probe_s += time.perf_counter() - tp
 
 
 # --------------------------------------------------------------------------- CLI
@@ -294,7 +375,8 @@ def _summary(res: dict) -> str:
         floor = res["data"]["bpb_floor"]
         ratio = f" ratio_to_floor={res['val_bpb'] / floor:.4f}" if floor else ""
         return (f"status=ok val_bpb={res['val_bpb']:.6f}{ratio} eval_tokens={res['eval_tokens']} "
-                f"eval_bytes={res['eval_bytes']} total_s={res['timings']['total_s']:.2f}")
+                f"eval_bytes={res['eval_bytes']} probed={res['probes']['scope']} "
+                f"total_s={res['timings']['total_s']:.2f}")
     return f"status={res['status']} error={res['error']}"
 
 
@@ -314,10 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()                     # each forward pass reuses the last one's pages
     first_math_calls()                          # before any parallel op (trainer/process.py)
     try:
-        res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed, args.wait_for_model)
+        res = evaluate(args.model, args.data, args.preset, args.device, args.probe_seed, args.wait_for_model,
+                       bar_file=True)
     except SetupError as e:
         print(f"evaluate: {e}", file=sys.stderr)
-        return EXIT_USAGE if "preset" in str(e) else EXIT_CANNOT_RUN
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_CANNOT_RUN
     except DataError as e:
         print(f"evaluate: {e}", file=sys.stderr)
         return EXIT_CANNOT_RUN

@@ -1,5 +1,5 @@
 """Fairness probes: evidence that an exported model scores each token from its own past only, row by row, in every
-eval batch.
+eval batch of a score that can be kept.
 
 TRUSTED CODE (baked into the trial image; used only by the evaluator). The model under test is untrusted.
 
@@ -9,12 +9,23 @@ larger than TOLERANCE = 1e-4 nats. With identical inputs the same kernels run in
 shows differences of exactly 0 on CPU; the tolerance only absorbs non-deterministic GPU reductions. A model that
 leaked future tokens through differences below the tolerance could gain at most about 1e-4 nats per token.
 
-Where. Every eval batch is probed, the BOS-padded last one included, right after its scoring pass, in the content
-and shape it is scored in. The scoring pass's log-probs are the reference, so each probe pass costs one forward
-pass. The model sees one batch per call and keeps no state (trainer/safe_pt2.py), so it cannot tell a probe pass
-from a scoring pass except by the tokens a probe changed. Per batch, in order (`Prober.batch`):
+Where. Two flows (trainer/evaluate.py picks one; result.json's probes.scope says which ran):
 
-1. determinism (one batch per evaluation, picked at random): the batch again -> identical log-probs.
+- interleaved (no bar given, scope "every_batch"): every eval batch, the BOS-padded last one included, is probed
+  right after its scoring pass, against that pass's logits (`Prober.batch` with the determinism pass).
+- scored first (a bar given, `rescored=True`): every batch is scored first, keeping each batch's per-position nll
+  (bpb.token_nll). Then the probed batches, every batch when the score is below the bar (scope "every_batch"),
+  else the one batch `picked` from the seed (scope "one_batch", uniform over all batches, the padded one included),
+  are run again: `Prober.rescore` is their determinism probe (the nll must match the scoring pass's, exactly 0 on
+  CPU), and that pass's logits are the reference of `Prober.batch`, which then leaves the determinism pass out.
+
+Either way the probes see a batch in the content and shape it is scored in, and each probe pass costs one forward
+pass. The model sees one batch per call and keeps no state (trainer/safe_pt2.py), so it cannot tell a probe pass
+from a scoring pass except by the tokens a probe changed. Per probed batch, in order (`Prober.batch`):
+
+1. determinism (interleaved: one batch per evaluation, `picked`; scored first: every probed batch, by `rescore`):
+   the batch again -> the same log-probs (interleaved: the whole vector at every position; `rescore`: every
+   position's nll, the scored quantity), to within TOLERANCE (an honest model on CPU: exactly).
 2. batch_independence (one pass): each row is replaced, with probability 1/2, by a real row of another batch
    (random tokens after a BOS when there is none), at least one row replaced and one kept -> the kept rows'
    log-probs must not change at any position.
@@ -33,6 +44,8 @@ that peeks only in batches that look unprobed qualifies: a pass changes every ro
 have n_r candidate positions, m_r of which read ahead, g_r = m_r / n_r. A pass's cut in row r is uniform and
 independent of everything else, so it lands on one of them with probability g_r, independently across rows and
 passes; the model is deterministic, so a pass whose cut lands there shows the change. Over K passes of every batch
+(scope "every_batch"; with "one_batch" there is no bound on a peek outside the probed batch, and the host keeps no
+such result: only a score that cannot be kept is probed on one batch)
 
     P(miss) = prod_r (1 - g_r)^K <= exp(-K sum_r g_r) <= exp(-K M / n_max)
 
@@ -144,21 +157,25 @@ def _worst(diff: torch.Tensor) -> tuple[float, tuple[int, ...]]:
 
 
 class Prober:
-    """The probes over one evaluation: `batch` after each scoring pass, `results` at the end.
+    """The probes over one evaluation: `batch` for each probed batch (after `rescore` when rescored), `results` at
+    the end.
 
     model: the program (a failing call raises, as in scoring); pool: every eval row's inputs (n_rows, T), where
     batch i holds rows i*B .. i*B+B-1; real: which of them hold a scored target (donors for batch independence are
-    real rows of the other batches); n_batches: how many batches there are (one is picked for the determinism
-    pass); passes: causality passes per batch (K).
+    real rows of the other batches); n_batches: how many batches there are; passes: causality passes per batch (K);
+    rescored: the caller runs each probed batch again after scoring and checks it with `rescore` (the scored-first
+    flow), so `batch` runs no determinism pass of its own. `picked`: one batch drawn from the seed first, uniform
+    over all n_batches: the determinism pass's batch when interleaved, the only batch probed in scope "one_batch".
     """
 
     def __init__(self, model: Model, pool: np.ndarray, real: np.ndarray, batch_size: int, n_batches: int,
-                 vocab_size: int, bos_id: int, seed: int, passes: int):
+                 vocab_size: int, bos_id: int, seed: int, passes: int, rescored: bool = False):
         self.model, self.pool, self.b = model, np.asarray(pool), batch_size
         self.donors = np.flatnonzero(np.asarray(real))    # ascending
         self.n_batches, self.vocab, self.bos, self.passes = n_batches, vocab_size, bos_id, passes
+        self.rescored = rescored
         self.rng = np.random.default_rng(seed)
-        self.determinism_batch = int(self.rng.integers(max(1, n_batches)))
+        self.picked = int(self.rng.integers(max(1, n_batches)))
         self.ran = {"determinism": ProbeResult("determinism", True, 0.0),
                     "batch_independence": ProbeResult("batch_independence", True, 0.0),
                     "causality": ProbeResult("causality", True, 0.0)}
@@ -167,11 +184,35 @@ class Prober:
         """{name: result} of the probes that ran (all three once every batch passed)."""
         return {n: r for n, r in self.ran.items() if r.batches or not r.passed}
 
+    def rescore(self, i: int, logits: torch.Tensor, nll: torch.Tensor, scored: torch.Tensor) -> ProbeResult | None:
+        """The determinism probe of a rescored eval batch i: this pass's logits and their per-position nll
+        (bpb.token_nll) against the nll its scoring pass gave (`scored`). The failed determinism probe, or None.
+
+        Every position counts, scored or not; a difference above TOLERANCE (an honest model on CPU: none at all)
+        or a non-finite logit (the scoring pass had none) fails."""
+        r = self.ran["determinism"]
+        r.batches += 1
+        where = f"eval batch {i + 1}/{self.n_batches}"
+        finite = torch.isfinite(logits).all(dim=-1)
+        if not bool(finite.all()):
+            row, pos = (int(v) for v in torch.nonzero(~finite)[0])
+            r.fail(float("inf"), f"the same batch ({where}) gave non-finite logits on a second run (row {row}, "
+                                 f"position {pos}); its scoring pass gave finite ones")
+            return r
+        worst, (row, pos) = _worst((nll.double() - scored.double()).abs())
+        r.note(worst)
+        if worst > TOLERANCE:
+            r.fail(worst, f"the same batch ({where}) gave a different nll on a second run than on its scoring pass "
+                          f"(row {row}, position {pos}) by {worst:.3g} nats")
+            return r
+        return None
+
     def batch(self, i: int, x: torch.Tensor, logits: torch.Tensor, weights: np.ndarray) -> ProbeResult | None:
-        """Probe eval batch i (inputs x, the scoring pass's logits, its target weights): the failed probe or None."""
+        """Probe eval batch i (inputs x, the reference logits: its scoring pass's, or when rescored the pass that
+        `rescore` checked; its target weights): the failed probe or None."""
         ref = logits.float()
         where = f"eval batch {i + 1}/{self.n_batches}"
-        if i == self.determinism_batch and not self._determinism(x, ref, where):
+        if not self.rescored and i == self.picked and not self._determinism(x, ref, where):
             return self.ran["determinism"]
         for name, run in (("batch_independence", lambda: self._batch_independence(i, x, ref, where)),
                           ("causality", lambda: self._causality(x, ref, candidates(weights), where))):

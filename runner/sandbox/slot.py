@@ -11,7 +11,8 @@ a core is free then (docs/benchmarks.md).
 
     slot = open_slot(client, policy, image=..., data_dir=..., run_tag=..., slot_id=..., dir=...)
     slot.hand_over_candidate(train_py, seed)     # trial.json, then train.py, renamed into dir/train (= /work)
-    slot.hand_over_model(part)                   # model.pt2 renamed into dir/model (= the eval container's /in)
+    slot.hand_over_model(below)                  # probes.json (the bar), then model.pt2 renamed into dir/model
+                                                 # (= the eval container's /in)
     slot.remove()                                # containers, volumes and dir; returns errors as strings
     slot.killed_by_watchdog("train")             # its deadline kill, not an operator's (runner.sandbox.watchdog)
     slot.outside_events("train")                 # the engine's kill/stop/... events for that container so far
@@ -48,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.contract import PROBE_BAR_FILE, probe_bar_json
 from ..errors import InfraError
 from . import cleanup, containers as ccont, spec as cspec
 from .watchdog import MARKER, MAX_LIFE_MARGIN_S, Watchdog
@@ -111,9 +113,12 @@ class Slot:
         _place(self.train_dir, "train.py", Path(train_py).read_bytes())     # last: the launcher waits for it
         return time.monotonic()
 
-    def hand_over_model(self) -> float:
-        """Rename the checked copy at model_part into the eval container's /in; returns the hand-over time."""
+    def hand_over_model(self, every_batch_below: float | None = None) -> float:
+        """Rename the checked copy at model_part into the eval container's /in; returns the hand-over time. With
+        every_batch_below, /in/probes.json says so first (the evaluator reads it once the model is there)."""
         self.evaluator.update(cpu_shares=cspec.RUNNING_CPU_SHARES)
+        if every_batch_below is not None:
+            _place(self.model_dir, PROBE_BAR_FILE, probe_bar_json(float(every_batch_below)))
         os.chmod(self.model_part, 0o444)
         self._deadline("eval")
         os.rename(self.model_part, self.model)

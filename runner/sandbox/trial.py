@@ -163,7 +163,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
             return _finish(out, verdict.status, verdict.error, t0)
 
         # 5. eval (trusted code, hostile model)
-        t_model = slot.hand_over_model()
+        t_model = slot.hand_over_model(spec.every_batch_below)
         if on_phase:
             on_phase("evaluating")
         e_exit, _ = containers.wait_to_end(containers.follow(slot.evaluator, None, since=t_model, pump=False),
@@ -180,6 +180,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
                 raw = containers.fetch_file(slot.holder, f"{HOLD_EVAL}/result.json", MAX_RESULT_BYTES)
                 result = parse_result(raw)
                 (work / "result.json").write_bytes(raw)
+                result_error = _probe_bar_error(result, spec.every_batch_below)
             except (containers.RefusedFile, ResultError) as e:
                 result_error = str(e)
         verdict = classify.eval_verdict(e_exit, timeout_s=policy.eval.timeout_seconds, memory=policy.limits.memory,
@@ -189,6 +190,7 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
             out.log_tail = _tail(out.log_tail + "\n--- eval ---\n" + eval_tail)
         out.result = result
         out.val_bpb = float(result["val_bpb"]) if verdict.status == "ok" else None
+        out.probe_scope = result["probes"].get("scope") if result else None
         return _finish(out, verdict.status, verdict.error, t0)
     except (docker.errors.DockerException, requests.exceptions.RequestException, InfraError) as e:
         return _finish(out, "infra", f"the Docker engine failed during the trial: {_one_line(e)}", t0)
@@ -251,6 +253,19 @@ def _from_outside(slot: Slot, role: str, ex: containers.Exit, verdict):
         return verdict
     return classify.outside_verdict(verdict, slot.outside_events(role), role=role, host_killed=ex.timed_out,
                                     removed=ex.removed or slot.being_removed(role))
+
+
+def _probe_bar_error(result: dict, below: float | None) -> str:
+    """"" when the result was probed as this trial asked (the bar it was given, and the scope that bar allows);
+    else one line (an infra failure: the trusted evaluator or the hand-over broke its contract)."""
+    probes = result["probes"]
+    if probes.get("every_batch_below") != below:
+        return (f"it names the probe bar {probes.get('every_batch_below')!r}, the trial handed over {below!r}; "
+                "rebuild the trial image (`autoresearch build`)")
+    if probes.get("scope") != "every_batch" and (below is None or result["status"] == "ok"
+                                                 and result["val_bpb"] < below):
+        return f"it probed {probes.get('scope')!r} with a score below the bar {below!r}; rebuild the trial image"
+    return ""
 
 
 def _holder_gone(slot: Slot):

@@ -9,12 +9,17 @@ Budgets are overridden small so each test costs seconds; the deadlines leave roo
 """
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
-from runner.ledger import TrialRecord, fill
-from tests.sandbox_kit import candidate, policy, real_candidate, trial
+from runner.ledger import Ledger, TrialRecord, fill
+from runner.loop import Loop
+from runner.proposers.base import Proposal
+from runner.runs import RunConfig
+from runner.workspace import Workspace, init_repo
+from tests.sandbox_kit import REAL_TRAIN_PY, candidate, policy, real_candidate, trial
 
 pytestmark = pytest.mark.docker
 
@@ -121,3 +126,38 @@ def test_the_honest_train_py_on_tiny_is_ok_and_its_ledger_training_seconds_are_t
     assert rec.training_seconds == t["train_host_s"]
     assert rec.claimed_training_seconds == out.train_summary["training_seconds"] != rec.training_seconds
     assert rec.num_steps == out.train_summary["num_steps"] <= pol.train.max_steps
+
+
+class _TrainLonger:
+    """A proposer whose one candidate raises its own budget by EXTRA_S and stops well before the deadline."""
+    name = "train-longer"
+
+    def propose(self, ctx):
+        prefix = f"import os\nos.environ['AUTORESEARCH_BUDGET_S'] = '{GPU_LIKE['budget_seconds'] + EXTRA_S:g}'\n"
+        return Proposal({"train.py": prefix + ctx.files["train.py"]}, "train a little longer")
+
+
+# as on a GPU: the CPU time does not bound the train phase (a huge CPU allowance), only the wall clock does
+GPU_LIKE = {"budget_seconds": 3, "allowance_seconds": 40, "cpu_allowance_seconds": 600, "max_steps": None}
+EXTRA_S, TOLERANCE_S = 9, 3
+
+
+def test_a_candidate_that_trains_longer_than_the_best_within_its_deadline_is_over_budget_where_cpu_time_cannot_tell(
+        tmp_path, trial_image, sandbox_data):
+    """The real loop: the baseline trains 3 s; the candidate 12 s, within the 43 s deadline and with CPU time to
+    spare, so only the comparison with the best's host-clock train phase (decision.max_seconds_over_best) stops it.
+    Its reason shows it would have been kept on its score."""
+    repo = tmp_path / "exp"
+    init_repo(repo, {"train.py": REAL_TRAIN_PY.read_text(), "program.md": "Lower val_bpb.\n", ".gitignore": "runs/\n"})
+    pol = policy(train=GPU_LIKE, eval={"timeout_seconds": 600}, proposer={"ahead": 0},
+                 decision={"min_delta": 0.0, "max_speed_drift": None, "max_seconds_over_best": TOLERANCE_S})
+    Loop(RunConfig(repo=repo, tag="longer", data_dir=sandbox_data, policy=pol, max_trials=1, image=trial_image.tag),
+         proposer=_TrainLonger()).run()
+    base, cand = Ledger(repo / "runs" / "longer").records()
+    assert base.status == "keep" and cand.outcome == "ok", (cand.reason, cand.log_tail[-800:])
+    assert cand.training_seconds > base.training_seconds + TOLERANCE_S                  # the host's clock saw it
+    assert cand.training_seconds < GPU_LIKE["budget_seconds"] + GPU_LIKE["allowance_seconds"]  # not the deadline
+    assert cand.status == "over_budget", cand.reason
+    assert re.match(r"\d\.\d+ beats \d\.\d+ by \d\.\d+ .*, but its run trained [\d.]+ s on the host's clock "
+                    r"against [\d.]+ s for the best", cand.reason), cand.reason
+    assert Workspace(repo).rev(Workspace(repo).branch_ref("longer")) == base.commit        # the branch: the baseline
