@@ -134,3 +134,22 @@ def test_the_train_summary_is_bounded_numbers_and_never_a_score():
     assert len(parse_summary(many)) == 32
     # only the LAST block counts: an early fake block is superseded
     assert parse_summary(["---", "depth: 99", "---", "depth: 2"]) == {"depth": 2.0}
+
+
+def test_the_host_refuses_a_result_probed_otherwise_than_the_bar_it_handed_over_allows():
+    """runner.sandbox.trial._probe_bar_error: the bar must be the one given; one batch only with a bar and a score
+    not below it; a result without a scope (an invalid model) or probed on every batch is always fine."""
+    from runner.sandbox.trial import _probe_bar_error
+
+    def result(status="ok", val=2.0, scope="every_batch", below=None):
+        return {"status": status, "val_bpb": val, "probes": {"scope": scope, "every_batch_below": below}}
+    assert _probe_bar_error(result(), None) == ""
+    assert _probe_bar_error(result(below=1.5), 1.5) == ""                                 # every batch: always fine
+    assert _probe_bar_error(result(scope="one_batch", below=1.5), 1.5) == ""              # above the bar
+    assert _probe_bar_error(result("invalid_model", None, None), None) == ""              # no scope: nothing scored
+    assert _probe_bar_error(result("invalid_model", None, None, 1.5), 1.5) == ""
+    assert "names the probe bar 1.4" in _probe_bar_error(result(below=1.4), 1.5)
+    assert "names the probe bar 1.5" in _probe_bar_error(result(below=1.5), None)
+    assert "probed 'one_batch' with a score below the bar" in _probe_bar_error(
+        result(val=1.0, scope="one_batch", below=1.5), 1.5)
+    assert _probe_bar_error(result(scope="one_batch"), None) != ""                       # one batch without a bar

@@ -262,8 +262,8 @@ def _probe_bar_error(result: dict, below: float | None) -> str:
     if probes.get("every_batch_below") != below:
         return (f"it names the probe bar {probes.get('every_batch_below')!r}, the trial handed over {below!r}; "
                 "rebuild the trial image (`autoresearch build`)")
-    if probes.get("scope") != "every_batch" and (below is None or result["status"] == "ok"
-                                                 and result["val_bpb"] < below):
+    if probes.get("scope") == "one_batch" and (below is None or result["status"] == "ok"
+                                               and result["val_bpb"] < below):
         return f"it probed {probes.get('scope')!r} with a score below the bar {below!r}; rebuild the trial image"
     return ""
 
