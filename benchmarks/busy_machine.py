@@ -2,9 +2,11 @@
 
 One real run (real engine, image and loop) of the unchanged `train.py` under a wall-clock policy (the `tiny`
 preset without max_steps): a CPU hog (a container of processes spinning on every core, at HOG_SHARES, 8x a
-running trial's CPU weight, so it starves the trial whatever else the machine runs) runs during the baseline
-only and is removed as the baseline is recorded, then one candidate that changes nothing (a comment) trains on
-the quieter machine.
+running trial's CPU weight, so it starves the trial whatever else the machine runs) runs during the baseline's
+calibration and training only and is removed as the baseline's export starts (its EXPORTING_LINE; at the latest
+as the baseline is recorded), then one candidate that changes nothing (a comment) trains on the quieter machine.
+(Starved through its export too, the baseline took 35-48 s from hand-over to exit, at the edge of tiny's 40 s
+allowance, and its evaluation with every batch probed about a minute.)
 Judged against the slow baseline the no-op would be kept on speed alone; with decision.max_speed_drift the best is
 re-run first and the no-op is judged against that re-run. Prints each trial's val_bpb, steps, calibration, CPU
 share and throttled time, the decision and the ledger's `recheck` line.
@@ -20,6 +22,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +34,7 @@ from runner.policy import Policy, load_policy  # noqa: E402
 from runner.proposers.base import Proposal  # noqa: E402
 from runner.runs import Events, RunConfig  # noqa: E402
 from runner.workspace import init_repo  # noqa: E402
+from trainer.contract import EXPORTING_LINE  # noqa: E402
 
 HOG_SHARES = 8 * 1024              # the hog's CPU weight: 8x a running trial's (spec.RUNNING_CPU_SHARES)
 HOG = "import os\nfor _ in range({n} - 1):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass\n"
@@ -46,10 +50,15 @@ class _NoOp:
 
 
 class _HogsDuringBaseline(Events):
-    """Removes the hog as the baseline's record is written."""
+    """Removes the hog as the baseline's export starts (on a thread: the line comes from the log's pump), or at
+    the latest as the baseline's record is written."""
 
     def __init__(self, hogs):
         self.hogs = hogs
+
+    def trial_line(self, trial_id: int, text: str) -> None:
+        if trial_id == 0 and text == EXPORTING_LINE and self.hogs:
+            threading.Thread(target=stop, args=(self.hogs,), daemon=True).start()
 
     def trial_finished(self, rec: TrialRecord, summary) -> None:
         if rec.kind == "baseline":
@@ -68,8 +77,13 @@ def start_hogs(n: int, image: str) -> list:
 
 
 def stop(hogs: list) -> None:
-    while hogs:
-        hogs.pop().remove(force=True)
+    """Remove the hogs; safe to call from two threads at once (each hog is popped by one)."""
+    while True:
+        try:
+            hog = hogs.pop()
+        except IndexError:
+            return
+        hog.remove(force=True)
 
 
 def wall_clock_policy(budget: float, min_delta: float, rule: bool) -> Policy:

@@ -1,6 +1,6 @@
 """A machine made busy on purpose keeps nothing on throughput alone (issue 18), for real: the real loop, engine and
 image, the real train.py under a wall-clock policy (tiny without max_steps). A CPU hog (a container at 8x a
-trial's CPU weight, spinning on every core) runs during the baseline only; a candidate that changes nothing then trains on the quieter machine and beats that baseline by
+trial's CPU weight, spinning on every core) runs during the baseline's calibration and training only; a candidate that changes nothing then trains on the quieter machine and beats that baseline by
 more than the bar on speed alone. The rule re-runs the best first and judges the no-op against the re-run, and
 the ledger says why (benchmarks/busy_machine.py runs the same with the rule off, and prints the numbers)."""
 from __future__ import annotations

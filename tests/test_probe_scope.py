@@ -106,6 +106,9 @@ def test_an_honest_model_at_or_above_the_bar_is_probed_on_one_batch_with_the_sam
         assert res["probes"]["scope"] == "one_batch" and res["probes"]["every_batch_below"] == bar
         assert res["probes"]["miss_bound"] is None and batches(res) == [1, 1, 1]
         assert res["timings"]["probe_s"] < plain["timings"]["probe_s"]
+        # one causality pass, not K: one cut per row of the batch (K = plain's passes cut each row K times)
+        assert res["probes"]["causality_passes"] == 1 < plain["probes"]["causality_passes"]
+        assert len(res["probes"]["causality"]["positions"]) <= B
 
 
 def test_a_peek_in_a_batch_the_one_batch_probe_did_not_draw_passes_so_the_host_must_not_keep_it(padded,
@@ -135,6 +138,7 @@ def test_a_model_that_peeks_everywhere_is_a_violation_even_when_one_batch_is_pro
     assert res["status"] == "violation" and res["probes"]["scope"] == "one_batch" and check_result(res) == []
     assert res["probes"]["causality"]["passed"] is False and res["probes"]["causality"]["batches"] == 0
     assert res["probes"]["determinism"]["batches"] == 2     # the batch run again, then once more: not noise
+    assert res["probes"]["causality_passes"] == 1           # the one pass there is catches it
 
 
 # ---- the sweep's determinism: the batch run again must give the scored nll

@@ -23,8 +23,9 @@ Steps:
    - no bar: every batch, each probed right after its scoring pass against its logits (scope "every_batch");
    - a bar: every batch scored first, keeping each batch's per-position nll; then, if val_bpb < the bar, every
      batch is run again, its nll must match the scoring pass's (determinism) and the probes run against it
-     (scope "every_batch"); else the same on one batch drawn from the probe seed (scope "one_batch": a score
-     that cannot be kept is not worth the sweep; the host keeps only results probed on every batch);
+     (scope "every_batch"); else the same on one batch drawn from the probe seed, with one causality pass, not K
+     (scope "one_batch": a score that cannot be kept is not worth the sweep or the bound; the host keeps only
+     results probed on every batch; a model that peeks at every position still fails that one pass);
 5. write ONE result.json atomically, checked against its schema first (trainer.contract.check_result,
    docs/result-schema.md).
 
@@ -279,8 +280,9 @@ def evaluate(model: str | Path, data: str | Path, preset: str, device: str = "cp
             run.score(probe_each=False)
             every = run.tally.bpb < bar
             res["probes"]["scope"] = "every_batch" if every else "one_batch"
-            if not every:
-                res["probes"]["miss_bound"] = None      # no bound on a peek in the batches not probed
+            if not every:                               # no bound on a peek in the batches not probed, so
+                run.prober.passes = 1                   # one causality pass catches only a peek everywhere
+                res["probes"].update(miss_bound=None, causality_passes=1)
             failed = run.probe_again(range(n_batches) if every else [run.prober.picked])
     except InvalidModel as e:
         failed = e

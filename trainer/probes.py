@@ -29,7 +29,7 @@ from a scoring pass except by the tokens a probe changed. Per probed batch, in o
 2. batch_independence (one pass): each row is replaced, with probability 1/2, by a real row of another batch
    (random tokens after a BOS when there is none), at least one row replaced and one kept -> the kept rows'
    log-probs must not change at any position.
-3. causality (K passes, `causality_passes`): every row gets its own cut t, drawn afresh each pass, uniformly over
+3. causality (K passes, `causality_passes`; 1 in scope "one_batch", which claims no bound): every row gets its own cut t, drawn afresh each pass, uniformly over
    its candidate positions (`candidates`: scored positions except the row's last, whose next token is in no row
    of the batch, see trainer/bpb.py); the tokens after t are replaced by random tokens, each different from the
    one it replaces -> the log-probs at positions 0..t must not change. Rows with no candidate (BOS padding) are
