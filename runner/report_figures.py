@@ -27,6 +27,8 @@ from .ledger import FAILED, TrialRecord, baseline_of, best_of
 from .text import one_line
 
 LABEL_CHARS = 32            # of a description in a kept point's label or a curve's legend entry
+RIGHT_FROM = 0.6            # a kept point past this share of the trials gets its label to its left
+TOP_FROM = 0.85             # ... and one above this share of the score axis gets it below
 FLOOR_NEAR = 3.0            # the floor line is drawn when it lies within this many score spans below the scores
 MAX_CURVE_POINTS = 2000     # per loss curve (evenly thinned beyond it)
 LATEST_CURVES = 3           # the latest candidates drawn besides the baseline and the best
@@ -139,16 +141,22 @@ def _floor(ax, scores: list[float], floor: float | None) -> None:
 
 def _label_kept(ax, kept: list[TrialRecord], last: int) -> None:
     """"#trial description" beside each kept point, tilted; neighbours closer than a few trials alternate above
-    and below their point so their labels do not run into each other."""
+    and below their point so their labels do not run into each other. A point in the right part of the plot
+    (past RIGHT_FROM of the trials) gets its label to its left, and one near the top (above TOP_FROM of the
+    score axis) below it, so the label stays inside the figure."""
     near = max(1.0, (last + 1) / 25)
+    lo, hi = ax.get_ylim()
     prev, up = None, True
     for r in kept:
         up = not up if prev is not None and r.trial - prev < near else True
+        up = up and (r.val_bpb - lo) <= TOP_FROM * (hi - lo)
         prev = r.trial
+        left = r.trial > RIGHT_FROM * last
         text = f"#{r.trial} {mpl_text(r.description)}"
-        ax.annotate(text, (r.trial, r.val_bpb), xytext=(5, 7 if up else -9), textcoords="offset points",
-                    fontsize=7, rotation=20 if up else -20, va="bottom" if up else "top", color="#1a661a",
-                    annotation_clip=False)
+        ax.annotate(text, (r.trial, r.val_bpb), xytext=(-5 if left else 5, 7 if up else -9),
+                    textcoords="offset points", fontsize=7, rotation=(20 if up else -20) * (-1 if left else 1),
+                    va="bottom" if up else "top", ha="right" if left else "left", rotation_mode="anchor",
+                    color="#1a661a", annotation_clip=False)
 
 
 def _failure_band(band, failed: list[TrialRecord], rejected: list[TrialRecord]) -> None:

@@ -95,6 +95,20 @@ def test_each_kept_point_is_labelled_with_its_trial_and_description():
     assert texts == ["#0 baseline", "#1 MATRIX_LR 0.04 -> 0.06", "#5 WARMDOWN_FRAC 0.5 -> 0.6"]
 
 
+def test_every_kept_label_stays_inside_the_figure_the_last_keep_and_the_top_one_included():
+    recs = [TrialRecord(0, "baseline", "keep", "the baseline, the highest kept point", val_bpb=1.1)]
+    recs += [TrialRecord(i, "candidate", "discard", "d", val_bpb=1.2) for i in range(1, 29)]
+    recs += [TrialRecord(29, "candidate", "keep", "the very last trial of the run is kept", val_bpb=0.9,
+                         best_bpb_before=1.1)]
+    fig = figure(recs)
+    fig.canvas.draw()
+    inside = fig.bbox
+    for t in fig.axes[0].texts:
+        box = t.get_window_extent()
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, \
+            (t.get_text(), box, inside)
+
+
 def test_a_hostile_description_is_one_escaped_line_in_the_figure_and_never_mathtext(tmp_path):
     recs = [TrialRecord(0, "baseline", "keep", "baseline", val_bpb=1.0),
             TrialRecord(1, "candidate", "keep", "cost $5 \\frac{$ \x1b]52;c;aGk=\x07\nnext", val_bpb=0.9,
