@@ -6,7 +6,9 @@ one sitting:
     2x1          two slots of 1 core each, each pinned to its own core
     slow-demand  one slot of 2 cores, a proposer that takes --slow s, proposals on demand (proposer.ahead 0)
     slow-ahead   the same, the next proposal made while the trial trains (proposer.ahead 1)
-The slow proposer is the mutate proposer behind a sleep (the loop cannot tell it from an LLM that thinks).
+The slow proposer is the real `openai` proposer and client against a stub OpenAI-compatible server on 127.0.0.1
+(tests/llm_server.py) that answers each request after --slow s with a one-line edit of a hyperparameter, as the
+mutate proposer makes (`SlowLLM`).
 
 Per configuration, over its candidate trials (the baseline excluded): trials per hour, the share of slot time
 in train phases (host-measured training seconds, hand-over to exit, start-up and export included / (slots x
@@ -21,6 +23,10 @@ no bar, as before it existed: every evaluation probes every batch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import random
+import re
 import sys
 import tempfile
 import time
@@ -37,6 +43,7 @@ from runner.loop import Loop  # noqa: E402
 from runner.policy import load_policy  # noqa: E402
 from runner.proposers.mutate import MutateProposer  # noqa: E402
 from runner.runs import RunConfig  # noqa: E402
+from tests.llm_server import MODEL, LLMServer, search_replace  # noqa: E402 - the stub OpenAI-compatible server
 from runner.sandbox import images  # noqa: E402 - builds the image the runs pin
 from runner.workspace import init_repo  # noqa: E402
 
@@ -48,40 +55,62 @@ CONFIGS = {"1x2": dict(slots=1, cpus=2.0, ahead=1, slow=False), "2x1": dict(slot
            "2x1-full": dict(slots=2, cpus=1.0, ahead=2, slow=False, full=True)}
 
 
-class SlowProposer(MutateProposer):
-    instant = False
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds = seconds
+TUNED = ("MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR", "WARMDOWN_FRAC", "MUON_MOMENTUM")
+SLOW_KEY_ENV = "SLOTS_BENCH_LLM_KEY"
 
-    def propose(self, ctx):
+
+class SlowLLM:
+    """A stub LLM on the loopback: each chat request is answered after `seconds` with a reply that scales one of
+    TUNED in the train.py the prompt shows (found there, so the edit applies to the current best)."""
+
+    def __init__(self, seconds: float, seed: int = 0):
+        self.seconds, self.rng, self.server = seconds, random.Random(seed), LLMServer()
+
+    def __enter__(self) -> "SlowLLM":
+        self.server.__enter__()
+        self.server.push(*[self._answer] * 1000)
+        os.environ[SLOW_KEY_ENV] = "sk-stub"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.__exit__(*exc)
+
+    def _answer(self, req: dict) -> dict:
         time.sleep(self.seconds)
-        return super().propose(ctx)
+        prompt = "\n".join(str(m.get("content", "")) for m in req.get("messages", []))
+        name = self.rng.choice(TUNED)
+        line = re.search(rf"^{name} = ([0-9.]+)(.*)$", prompt, re.M)
+        new = f"{float(line.group(1)) * self.rng.choice((0.8, 0.9, 1.1, 1.25)):.6g}"
+        return {"reply": search_replace("train.py", line.group(0) + "\n", f"{name} = {new}{line.group(2)}\n",
+                                        f"{name} {line.group(1)} -> {new}")}
 
 
-def policy_for(args, slots: int, cpus: float, ahead: int):
+def policy_for(args, slots: int, cpus: float, ahead: int, llm: SlowLLM | None = None):
     raw = load_policy(None).model_dump()
     raw["train"] = {**raw["train"], "budget_seconds": args.budget, "allowance_seconds": 120}
     raw["limits"] = {**raw["limits"], "cpus": cpus}
     raw["decision"] = {**raw["decision"], "baseline_repeats": 1}
     raw["proposer"] = {**raw["proposer"], "kind": "mutate", "ahead": ahead}
+    if llm is not None:
+        raw["proposer"].update(kind="openai", base_url=llm.server.base_url, model=MODEL, api_key_env=SLOW_KEY_ENV,
+                               timeout_seconds=args.slow + 60)
     raw["slots"] = slots
     return type(load_policy(None)).model_validate(raw)
 
 
 def one(name: str, args, data: Path, image: str, work: Path) -> dict:
     c = CONFIGS[name]
-    policy = policy_for(args, c["slots"], c["cpus"], c["ahead"])
     repo = work / name
     init_repo(repo, {"train.py": resources.files("trainer").joinpath("train.py").read_text(),
                      "program.md": "Lower val_bpb.\n", ".gitignore": "runs/\n"})
-    proposer = SlowProposer(args.slow) if c["slow"] else MutateProposer()
     bar = decision.probe_bar
     if c.get("full"):
         decision.probe_bar = lambda best, thresh: None      # no bar: every batch probed (the loop reads it here)
     try:
-        Loop(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials, image=image),
-             proposer=proposer).run()
+        with (SlowLLM(args.slow) if c["slow"] else contextlib.nullcontext()) as llm:
+            policy = policy_for(args, c["slots"], c["cpus"], c["ahead"], llm)
+            Loop(RunConfig(repo=repo, tag="bench", data_dir=data, policy=policy, max_trials=args.trials,
+                           image=image), proposer=None if llm else MutateProposer()).run()
     finally:
         decision.probe_bar = bar
     cands = [r for r in Ledger(repo / "runs" / "bench").records() if r.kind == "candidate"]

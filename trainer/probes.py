@@ -29,11 +29,11 @@ from a scoring pass except by the tokens a probe changed. Per probed batch, in o
 2. batch_independence (one pass): each row is replaced, with probability 1/2, by a real row of another batch
    (random tokens after a BOS when there is none), at least one row replaced and one kept -> the kept rows'
    log-probs must not change at any position.
-3. causality (K passes, `causality_passes`; 1 in scope "one_batch", which claims no bound): every row gets its own cut t, drawn afresh each pass, uniformly over
-   its candidate positions (`candidates`: scored positions except the row's last, whose next token is in no row
-   of the batch, see trainer/bpb.py); the tokens after t are replaced by random tokens, each different from the
-   one it replaces -> the log-probs at positions 0..t must not change. Rows with no candidate (BOS padding) are
-   left as they are and must not change at all.
+3. causality (K passes, `causality_passes`; 1 in scope "one_batch", which claims no bound): every row gets its
+   own cut t, drawn afresh each pass, uniformly over its candidate positions (`candidates`: scored positions
+   except the row's last, whose next token is in no row of the batch, see trainer/bpb.py); the tokens after t
+   are replaced by random tokens, each different from the one it replaces -> the log-probs at positions 0..t
+   must not change. Rows with no candidate (BOS padding) are left as they are and must not change at all.
 A difference found by 2 or 3 is checked once more by running the unchanged batch again: if that differs too, the
 model fails determinism instead. A failure stops the probes: the result gets status "violation", the failing
 probe and its evidence.
