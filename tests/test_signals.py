@@ -8,6 +8,7 @@ step-limited policy and the offline `mutate` proposer."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
 import signal
@@ -85,6 +86,16 @@ class Terminal:
         os.close(self.master)
 
 
+def _late(repo: Path, tag: str, signalled: float, exited: float, log: Path) -> str:
+    """Why a trial was recorded after the signals that should have stopped it: when, against the signals."""
+    path = Path(repo) / "runs" / tag / "trials.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    times = [f"trial {r['trial']}: started {r['started_at'] - signalled:+.2f} s, recorded "
+             f"{r['finished_at'] - signalled:+.2f} s, timings {r.get('trial_timings')}" for r in rows]
+    return (f"relative to the signals (the runner exited {exited - signalled:+.2f} s after them): "
+            + "; ".join(times) + "\n" + log.read_text()[-2000:])
+
+
 @pytest.mark.docker
 def test_sigterm_sigint_with_sigterm_and_a_closed_terminal_each_leave_nothing_and_the_run_resumes_whole(
         tmp_path, trial_image, sandbox_data, docker_client):
@@ -109,9 +120,11 @@ def test_sigterm_sigint_with_sigterm_and_a_closed_terminal_each_leave_nothing_an
     proc = start(repo, tag, "--resume", log=log)
     try:
         wait_for("trial 1 to train", lambda: training(docker_client, tag, 1), proc, log)
+        signalled = time.time()
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(120)
+        exited = time.time()
     finally:
         proc.kill()
     first, second = (signal.SIGINT, signal.SIGTERM) if rc == 130 else (signal.SIGTERM, signal.SIGINT)
@@ -119,7 +132,7 @@ def test_sigterm_sigint_with_sigterm_and_a_closed_terminal_each_leave_nothing_an
     assert f"autoresearch: {second.name} while stopping: exiting now" in log.read_text()
     wait_for("the watchdogs to remove the run's slots", lambda: _nothing_left(docker_client, tag),
              timeout=LEFTOVER_S, every=0.5)
-    assert ledger_trials(repo, tag) == [0]
+    assert ledger_trials(repo, tag) == [0], _late(repo, tag, signalled, exited, log)
 
     # the terminal closes while trial 1 trains again (the live view on it): exit 129, nothing left
     term = Terminal(["run", "--repo", repo, "--tag", tag, "--resume"])
