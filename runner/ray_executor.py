@@ -30,6 +30,9 @@ Contracts
   model when spec.keep_model, and the train log's lines. The head writes train.py, result.json (and model.pt2) into
   spec.work_dir as the Docker executor does; on_phase and on_line hear the phases and lines AFTER the task
   returns (replayed in order), not live.
+- close() (the loop's unwind on a stop signal) cancels every trial task in flight (ray.cancel, force: the task's
+  worker process is killed); each run() in flight returns `infra` at once, its containers removed by their slot's
+  watchdog as for a lost node, and no run() submits anything after close().
 - A node lost mid-trial (Ray: node died, worker crashed, object lost) is an `infra` attempt; the task is submitted
   again (Ray places it on a live node) up to MAX_ATTEMPTS, and the one outcome that comes back carries `attempts`.
   The lost task's containers are removed by their slot's watchdog (runner/sandbox/watchdog.py) when the task's
@@ -38,6 +41,7 @@ Contracts
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -99,6 +103,8 @@ class RayExecutor:
         self._shas: dict[str, str] = {}            # head data dir -> its manifest sha256
         self._refs: dict[str, object] = {}         # digest or sha -> ObjectRef of what was shipped
         self._remote: dict[str, object] = {}
+        self._in_flight: set = set()               # ObjectRefs of the trial tasks running now
+        self._closed = False
         self._owns_ray = False
 
     # ----------------------------------------------------------------- the Executor protocol
@@ -142,7 +148,9 @@ class RayExecutor:
             except ray.exceptions.GetTimeoutError:
                 answer = _infra(f"no answer from the Ray node within {wait_s:.0f} s; the task was cancelled")
             except ray.exceptions.RayError as e:
-                if type(e).__name__ not in _LOST:
+                if self._closed:
+                    answer = _infra(f"the run stopped: the executor closed and cancelled the Ray task ({_one_line(e)})")
+                elif type(e).__name__ not in _LOST:
                     answer = _infra(f"the Ray task failed: {_one_line(e)}")
                 else:
                     lost.append(_one_line(e))
@@ -166,8 +174,15 @@ class RayExecutor:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            running, self._in_flight = list(self._in_flight), set()
             self._refs.clear()
             self._remote.clear()
+        for ref in running:
+            try:
+                self.ray.cancel(ref, force=True)       # kills the task's worker: its slot's watchdog removes the rest
+            except Exception:  # noqa: BLE001 - already finished, or the cluster is gone: nothing left to cancel
+                pass
         if self._owns_ray:
             self._owns_ray = False
             self.ray.shutdown()
@@ -241,20 +256,28 @@ class RayExecutor:
     def _call(self, kind: str, job: dict, policy, wait_s: float) -> dict:
         """One attempt: the task, and once more with the image/data shipped if the node lacked them."""
         for _ in range(2):
-            ref = self._task(kind, **trial_resources(policy)).remote(job)
+            with self._lock:
+                if self._closed:
+                    return _infra("the run stopped: the executor was closed before the trial started")
+                ref = self._task(kind, locked=True, **trial_resources(policy)).remote(job)
+                self._in_flight.add(ref)
             try:
                 answer = self.ray.get(ref, timeout=wait_s)
             except self.ray.exceptions.GetTimeoutError:
                 self.ray.cancel(ref, force=True)
                 raise
+            finally:
+                with self._lock:
+                    self._in_flight.discard(ref)
             if not answer.get("need"):
                 return answer
             job = self._ship(job, set(answer["need"]))
         return _infra(f"node {answer.get('slot')} still lacks {answer['need']} after shipping")
 
-    def _task(self, kind: str, node_id: str | None = None, **options):
-        """The remote function (registered once) with per-call options; node_id pins a zero-CPU helper task."""
-        with self._lock:
+    def _task(self, kind: str, node_id: str | None = None, locked: bool = False, **options):
+        """The remote function (registered once) with per-call options; node_id pins a zero-CPU helper task.
+        locked: the caller holds self._lock."""
+        with contextlib.nullcontext() if locked else self._lock:
             if kind not in self._remote:
                 fn = {"trial": node_trial, "prepare": node_prepare, "cleanup": node_cleanup}[kind]
                 self._remote[kind] = self.ray.remote(max_retries=0)(fn)

@@ -26,8 +26,9 @@ MAX_LOG_LINES = 20_000                     # train log lines a node sends back (
 def node_trial(job: dict) -> dict:
     """On the node: ensure image and data, run the hardened trial, send back what the head writes."""
     from .policy import Policy
-    from .sandbox import preflight
+    from .sandbox import preflight, watchdog
     from .sandbox.trial import run_trial
+    watchdog.DETACH = True          # this worker's death (a lost node, a cancel) must not take the watchdogs along
     slot = _slot_name()
     try:
         client = preflight.connect()

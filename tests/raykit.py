@@ -250,24 +250,58 @@ def drive(args) -> dict:
         killed.update(_kill_when_training(cluster, client, args.run_tag, "killed"))
         th.join()
         res["killed"] = {**brief(box[0], s), **killed}
+
+        # the head stops mid-trial (a signal unwinds the loop, which closes its executor): the task is cancelled,
+        # run() returns at once and the trial's containers go (before remove_leftovers below looks)
+        stop = RayExecutor(cluster.address)
+        s = spec("stopped", args.image)
+        box = []
+        th = threading.Thread(target=lambda: box.append(stop.run(s)))
+        th.start()
+        seen = _training(client, args.run_tag, "stopped") is not None
+        t = time.monotonic()
+        stop.close()
+        th.join(timeout=120)
+        returned_s = time.monotonic() - t
+        res["stopped"] = {**(brief(box[0], s) if box else {"status": None}), "training_seen": seen,
+                          "returned_s": round(returned_s, 2),
+                          "gone_s": _gone(client, args.run_tag, "stopped", t, timeout=120)}
         res["leftovers_removed"] = ex.remove_leftovers(args.run_tag)
         ex.close()
     return res
 
 
-def _kill_when_training(cluster: Cluster, client, run_tag: str, trial_id: str, timeout: float = 180) -> dict:
-    """Wait until the trial's train container runs, then SIGKILL the raylet of the worker running it."""
+def _training(client, run_tag: str, trial_id: str, timeout: float = 180):
+    """The trial's train container once train.py runs in it (None after `timeout` s)."""
     from runner.sandbox.spec import LABEL_ROLE, LABEL_RUN, LABEL_TRIAL
     from trainer.contract import LAUNCHED_LINE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for c in client.containers.list(filters={"label": [f"{LABEL_RUN}={run_tag}", f"{LABEL_TRIAL}={trial_id}"]}):
-            if c.labels.get(LABEL_ROLE) == "train" and LAUNCHED_LINE.encode() in c.logs():   # train.py runs
-                for i, w in enumerate(cluster.workers):
-                    if any(Path(w["cache"], "trials").glob(f"{run_tag}-{trial_id}-*")):
-                        os.kill(cluster.raylet_pid(i), signal.SIGKILL)
-                        return {"killed_worker": i, "killed_node": w["node_id"]}
+            if c.labels.get(LABEL_ROLE) == "train" and LAUNCHED_LINE.encode() in c.logs():
+                return c
         time.sleep(0.2)
+    return None
+
+
+def _gone(client, run_tag: str, trial_id: str, since: float, timeout: float) -> float | None:
+    """Seconds from `since` until no container of the trial is left (None: some still there after `timeout`)."""
+    from runner.sandbox.spec import LABEL_RUN, LABEL_TRIAL
+    while time.monotonic() < since + timeout:
+        if not client.containers.list(all=True, filters={"label": [f"{LABEL_RUN}={run_tag}",
+                                                                  f"{LABEL_TRIAL}={trial_id}"]}):
+            return round(time.monotonic() - since, 2)
+        time.sleep(0.2)
+    return None
+
+
+def _kill_when_training(cluster: Cluster, client, run_tag: str, trial_id: str, timeout: float = 180) -> dict:
+    """Wait until the trial's train container runs, then SIGKILL the raylet of the worker running it."""
+    if _training(client, run_tag, trial_id, timeout) is not None:
+        for i, w in enumerate(cluster.workers):
+            if any(Path(w["cache"], "trials").glob(f"{run_tag}-{trial_id}-*")):
+                os.kill(cluster.raylet_pid(i), signal.SIGKILL)
+                return {"killed_worker": i, "killed_node": w["node_id"]}
     return {"killed_worker": None}
 
 

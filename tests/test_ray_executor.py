@@ -163,3 +163,17 @@ def test_a_worker_killed_mid_trial_runs_the_trial_again_elsewhere(ray_run):
     assert _node(killed["slot"]) != killed["killed_node"][:6]
     assert killed["val_bpb"] == ray_run["local"].val_bpb
     assert "result.json" in killed["files"]
+    # the lost attempt's containers went with its watchdog (detached from the dead Ray worker), not at the end
+    assert ray_run["leftovers_removed"] == 0
+
+
+@pytest.mark.docker
+def test_a_stop_cancels_the_trial_in_flight_and_leaves_no_container(ray_run):
+    """A stop signal unwinds the loop, which closes the executor: the trial's Ray task must not run on, on a node
+    the head no longer listens to, with its containers holding the node's cores."""
+    stopped = ray_run["stopped"]
+    assert stopped["training_seen"], "the trial never started training"
+    assert stopped["status"] == "infra" and "the run stopped" in stopped["error"], stopped
+    assert stopped["returned_s"] < 30, f"run() returned {stopped['returned_s']} s after close()"
+    assert stopped["gone_s"] is not None and stopped["gone_s"] < 60, \
+        f"the stopped trial's containers were still there {stopped['gone_s']} s after close()"

@@ -202,3 +202,57 @@ def test_a_slot_removal_cut_short_by_a_second_signal_is_finished_by_the_watchdog
     finally:
         monkeypatch.undo()
         slot.remove(docker_client)
+
+
+_PARENT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from runner.sandbox import watchdog
+watchdog.DETACH = {detach!r}
+wd = watchdog.Watchdog.start(run_tag={tag!r}, slot_id="s8", volumes=[], marker_dir={dir!r}, max_life_s=600)
+wd.containers(train={cid!r})
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(p))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_a_parent_whose_death_kills_its_children_takes_no_detached_watchdog_along(tmp_path, docker_client,
+                                                                                  trial_image, detach):
+    """A Ray worker kills its children when it ends (Ray's kill_child_processes_on_worker_exit): on a Ray node the
+    watchdog is detached (a grandchild), so a lost or cancelled task's slot is still removed. Undetached, the same
+    death takes the watchdog along and the container runs on (the control: what runner/ray_node.py must avoid)."""
+    import signal
+    import subprocess
+    import sys
+    tag = _tag()
+    train = _sleeper(docker_client, trial_image.tag, tag, "s8", "train")
+    root = str(Path(__file__).resolve().parent.parent)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT.format(root=root, detach=detach, tag=tag,
+                                                                    dir=str(tmp_path), cid=train.id)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        children = _children(parent.pid)
+        assert (children == []) is detach            # detached: the watchdog is not the parent's child
+        for pid in [*children, parent.pid]:          # as Ray does to a worker that ends: its children, then it
+            os.kill(pid, signal.SIGKILL)
+        parent.wait()
+        took = _until(lambda: _gone(docker_client, train.id), SLACK_S)
+        assert (took is not None) is detach, f"detach={detach}: the container {'stayed' if detach else 'went'}"
+    finally:
+        try:
+            train.remove(force=True)
+        except docker.errors.NotFound:
+            pass

@@ -57,6 +57,12 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 # no site-packages (-S) and no environment or user paths (-I)
 LAUNCH = ("import sys; sys.path.insert(0, {root!r}); from runner.sandbox import watchdog; "
           "sys.exit(watchdog.main(sys.argv[1:]))")
+# DETACH: start each watchdog as a grandchild (the child forks it and exits), never a child of this process. For a
+# process whose end kills its children: a Ray worker (Ray's kill_child_processes_on_worker_exit, on by default)
+# would take its trial's watchdog with it when it dies or its task is cancelled, leaving the trial's containers
+# running. runner/ray_node.py sets it; the local runner keeps its watchdogs as children and reaps them.
+DETACH = False
+_FORK_AWAY = "import os; os.fork() and os._exit(0); "
 
 
 # --------------------------------------------------------------------------- the runner's side
@@ -73,7 +79,8 @@ class Watchdog:
         import subprocess
         r, w = os.pipe()                                   # both non-inheritable: only the watchdog gets r
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        args = [sys.executable, "-I", "-S", "-c", LAUNCH.format(root=root), "--run", run_tag, "--slot", slot_id,
+        launch = (_FORK_AWAY if DETACH else "") + LAUNCH.format(root=root)
+        args = [sys.executable, "-I", "-S", "-c", launch, "--run", run_tag, "--slot", slot_id,
                 "--dir", str(marker_dir), "--max-life", f"{max_life_s:g}"]
         for v in volumes:
             args += ["--volume", v]
@@ -85,6 +92,8 @@ class Watchdog:
             raise
         finally:
             os.close(r)
+        if DETACH:
+            proc.wait()                                    # the forking child; the watchdog is its orphan
         return cls(proc, w)
 
     def _send(self, line: str) -> None:
