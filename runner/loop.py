@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from . import candidate, decision, doctor, runs, usage
+from . import candidate, decision, doctor, runs, signals, usage
 from .errors import InfraError, UserError
 from .executor import Executor, TrialOutcome, TrialSpec, make as make_executor
 from .ledger import Ledger, RunSummary, TrialRecord, baseline_of, best_of, fill, next_id, summarize
@@ -134,7 +134,7 @@ class Loop:
                         in_flight += 1
                 if in_flight == 0:
                     return stopped
-                rec, error = finished.get()
+                rec, error = signals.get(finished)    # a stop signal is seen within 0.2 s
                 in_flight -= 1
                 if error is not None:
                     raise error
@@ -267,7 +267,8 @@ class Loop:
         subs = ["" if i == 0 else f"repeat-{i}" for i in range(len(seeds))]
         pool = ThreadPoolExecutor(min(len(seeds), max(1, self.executor.slots)))   # side by side on slots
         try:
-            outcomes = list(pool.map(lambda seed, sub: self.trial(n, self.start, seed, sub), seeds, subs))
+            futures = [pool.submit(self.trial, n, self.start, seed, sub) for seed, sub in zip(seeds, subs)]
+            outcomes = [signals.result(f) for f in futures]       # a stop signal is seen within 0.2 s
         finally:               # an interrupt does not wait for the trials in flight: the executor's close removes them
             pool.shutdown(wait=False, cancel_futures=True)
         main = outcomes[0]

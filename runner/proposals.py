@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Callable
 
+from . import signals
 from .proposers import Context, Proposal, Proposer
 
 
@@ -49,7 +50,7 @@ class Proposals:
             self.cond.notify_all()
             try:
                 while not self.ready and self.error is None:
-                    self.cond.wait()
+                    self.cond.wait(signals.POLL_S)      # on the run's main thread: see a stop signal on time
             finally:
                 self.asking -= 1
             if self.ready:

@@ -16,14 +16,23 @@ closed) stop it alike, leaving nothing on the engine and the ledger and branch r
   /dev/null first (writing to a hung-up terminal fails with EIO, which would cut the cleanup short). A SIGHUP
   ignored when the command started (`nohup`) stays ignored, and the run goes on.
 - A signal to the runner's whole process group (Ctrl-C, a closed terminal) does not reach the watchdogs.
+- The kernel may hand a process's signal to any of its threads; Python then runs the handler on the main thread
+  only when that thread next runs Python code, and a main thread blocked in a plain `queue.get()`, `cond.wait()`
+  or `thread.join()` is not woken (measured: SIGINT + SIGTERM to a process with busy threads went unseen until
+  the item came in 19 times out of 40; CI saw a run finish and record its trial 5 s after both). So every wait on
+  the main thread goes through get() / result() / join() here, or waits in slices of POLL_S itself.
 The handlers stay in place after a stop until the process exits (its last threads are joined then).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import queue
 import signal
+import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+POLL_S = 0.2                # the longest a wait on the main thread leaves a signal that another thread took unseen
 
 
 class Stopped(KeyboardInterrupt):
@@ -79,6 +88,28 @@ class StopSignals:
         _say(f"autoresearch: {signal.Signals(signum).name} while stopping: exiting now; the slots' watchdogs "
              "remove what is left of the run's containers\n")
         os._exit(128 + self.first)
+
+
+def get(q: queue.Queue):
+    """q.get(), waiting in slices of POLL_S so that a stop signal taken by another thread is seen on time."""
+    while True:
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+
+
+def result(future: concurrent.futures.Future):
+    """future.result(), in slices of POLL_S (as get())."""
+    while not future.done():                 # (not result(timeout): the call's own TimeoutError would look alike)
+        concurrent.futures.wait([future], timeout=POLL_S)
+    return future.result()
+
+
+def join(thread: threading.Thread) -> None:
+    """thread.join(), in slices of POLL_S (as get())."""
+    while thread.is_alive():
+        thread.join(POLL_S)
 
 
 def _away_from(terminal: list[int]) -> None:

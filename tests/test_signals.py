@@ -8,19 +8,25 @@ step-limited policy and the offline `mutate` proposer."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import termios
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from runner import signals
 from runner.cli import main
+from runner.ledger import Ledger
+from runner.proposals import Proposals
+from runner.proposers import Proposal
 from runner.sandbox import cleanup, spec
 from runner.sandbox.cleanup import leftovers
 from runner.signals import StopSignals, Stopped, exit_code
@@ -88,10 +94,9 @@ class Terminal:
 
 def _late(repo: Path, tag: str, signalled: float, exited: float, log: Path) -> str:
     """Why a trial was recorded after the signals that should have stopped it: when, against the signals."""
-    path = Path(repo) / "runs" / tag / "trials.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    times = [f"trial {r['trial']}: started {r['started_at'] - signalled:+.2f} s, recorded "
-             f"{r['finished_at'] - signalled:+.2f} s, timings {r.get('trial_timings')}" for r in rows]
+    times = [f"trial {r.trial}: started {r.started_at - signalled:+.2f} s, recorded "
+             f"{r.finished_at - signalled:+.2f} s, timings {r.trial_timings}"
+             for r in Ledger(Path(repo) / "runs" / tag).records()]
     return (f"relative to the signals (the runner exited {exited - signalled:+.2f} s after them): "
             + "; ".join(times) + "\n" + log.read_text()[-2000:])
 
@@ -237,3 +242,60 @@ def test_stop_signals_raise_with_the_signal_s_exit_code_and_leave_an_ignored_sig
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert exit_code(KeyboardInterrupt()) == 130
+
+
+class _Slow:
+    """A proposer that answers after ITEM_S."""
+    name = "slow"
+
+    def propose(self, ctx):
+        time.sleep(ITEM_S)
+        return Proposal({}, "late")
+
+
+ITEM_S = 3.0                  # when what the main thread waits for arrives
+
+
+def _waits() -> dict:
+    """Each wait the run's main thread makes, on something that arrives after ITEM_S."""
+    def later(fn):
+        threading.Timer(ITEM_S, fn).start()
+    q, plain = queue.Queue(), queue.Queue()
+    pool = ThreadPoolExecutor(1)
+    thread = threading.Thread(target=time.sleep, args=(ITEM_S,))
+    proposals = Proposals(_Slow(), lambda: SimpleNamespace(trial_id=1), ahead=0)
+    return {"signals.get (the loop's finished trials)": (lambda: later(lambda: q.put(1)), lambda: signals.get(q)),
+            "signals.result (the baseline's runs)": (lambda: None,
+                                                      lambda: signals.result(pool.submit(time.sleep, ITEM_S))),
+            "signals.join (a slot being made)": (thread.start, lambda: signals.join(thread)),
+            "Proposals.get (a slow proposer)": (proposals.start, proposals.get),
+            "plain queue.get (the control)": (lambda: later(lambda: plain.put(1)), plain.get)}
+
+
+@pytest.mark.parametrize("name", list(_waits()))
+def test_a_stop_signal_the_kernel_hands_to_another_thread_still_stops_the_main_thread_s_wait_on_time(name):
+    """The kernel may deliver a process's signal to any thread, and Python runs its handler on the main thread
+    only when that thread runs Python code: a run blocked in a plain wait for its trial finished it and recorded
+    it 5 s after SIGINT and SIGTERM (CI). Here the signal goes to another thread on purpose (pthread_kill); the
+    control shows a plain wait does not see it until its item arrives."""
+    start_item, wait = _waits()[name]
+    t0 = time.monotonic()
+
+    def other_thread():
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+    try:
+        with pytest.raises(Stopped), StopSignals():
+            start_item()
+            threading.Thread(target=other_thread).start()
+            wait()
+            time.sleep(5)                                     # a wait that ends without the signal seen fails
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    seconds = time.monotonic() - t0
+    if name.startswith("plain"):
+        assert seconds >= ITEM_S - 0.1, f"the plain wait saw the signal after {seconds:.2f} s"
+    else:
+        assert seconds < 1.5, f"{name} saw the signal after {seconds:.2f} s"

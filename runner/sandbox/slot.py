@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.contract import PROBE_BAR_FILE, probe_bar_json
+from .. import signals
 from ..errors import InfraError
 from . import cleanup, containers as ccont, spec as cspec
 from .watchdog import MARKER, MAX_LIFE_MARGIN_S, Watchdog
@@ -336,7 +337,7 @@ class Standby:
         with self._lock:
             worker = self._worker
         if worker is not None:
-            worker.join()
+            signals.join(worker)                          # may be the main thread: see a stop signal on time
             with self._lock:
                 self._worker = None
 

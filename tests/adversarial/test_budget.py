@@ -130,12 +130,21 @@ def test_the_honest_train_py_on_tiny_is_ok_and_its_ledger_training_seconds_are_t
 
 
 class _TrainLonger:
-    """A proposer whose one candidate raises its own budget by EXTRA_S and stops well before the deadline."""
+    """A proposer whose one candidate raises its own budget by EXTRA_S and stops well before the deadline; it
+    also restores the learning rates the start commit cut (_crippled), so its score beats the best for certain
+    (training 12 s instead of 3 s alone scored worse once on a loaded CI machine)."""
     name = "train-longer"
 
     def propose(self, ctx):
         prefix = f"import os\nos.environ['AUTORESEARCH_BUDGET_S'] = '{GPU_LIKE['budget_seconds'] + EXTRA_S:g}'\n"
-        return Proposal({"train.py": prefix + ctx.files["train.py"]}, "train a little longer")
+        return Proposal({"train.py": prefix + REAL_TRAIN_PY.read_text()}, "train a little longer")
+
+
+def _crippled(train_py: str) -> str:
+    """train.py with every learning rate cut a thousandfold: a start commit that barely learns."""
+    out, n = re.subn(r"^((?:MATRIX|EMBEDDING|UNEMBEDDING|SCALAR)_LR = [\d.]+)", r"\1 * 1e-3", train_py, flags=re.M)
+    assert n == 4, "train.py's learning-rate constants moved: update _crippled"
+    return out
 
 
 # as on a GPU: the CPU time does not bound the train phase (a huge CPU allowance), only the wall clock does
@@ -145,11 +154,12 @@ EXTRA_S, TOLERANCE_S = 9, 3
 
 def test_a_candidate_that_trains_longer_than_the_best_within_its_deadline_is_over_budget_where_cpu_time_cannot_tell(
         tmp_path, trial_image, sandbox_data):
-    """The real loop: the baseline trains 3 s; the candidate 12 s, within the 43 s deadline and with CPU time to
-    spare, so only the comparison with the best's host-clock train phase (decision.max_seconds_over_best) stops it.
-    Its reason shows it would have been kept on its score."""
+    """The real loop: the baseline (learning rates cut) trains 3 s; the candidate (restored) 12 s, within the 43 s
+    deadline and with CPU time to spare, so only the comparison with the best's host-clock train phase
+    (decision.max_seconds_over_best) stops it. Its reason shows it would have been kept on its score."""
     repo = tmp_path / "exp"
-    init_repo(repo, {"train.py": REAL_TRAIN_PY.read_text(), "program.md": "Lower val_bpb.\n", ".gitignore": "runs/\n"})
+    init_repo(repo, {"train.py": _crippled(REAL_TRAIN_PY.read_text()), "program.md": "Lower val_bpb.\n",
+                     ".gitignore": "runs/\n"})
     pol = policy(train=GPU_LIKE, eval={"timeout_seconds": 600}, proposer={"ahead": 0},
                  decision={"min_delta": 0.0, "max_speed_drift": None, "max_seconds_over_best": TOLERANCE_S})
     Loop(RunConfig(repo=repo, tag="longer", data_dir=sandbox_data, policy=pol, max_trials=1, image=trial_image.tag),
