@@ -50,7 +50,7 @@ def test_the_next_trial_runs_in_the_slot_started_during_this_one_with_its_own_se
                        on_line=lambda line: line.startswith("step=") and last_step_seen.append(time.monotonic()))
         assert first.status == "ok", (first.error, first.log_tail)
         assert first.timings["slot_prestarted"] is False
-        assert first.timings["train_exporting_s"] > first.timings["train_startup_s"]
+        assert first.timings["train_exporting_s"] > first.timings["train_startup_s"] > first.timings["train_launched_s"]
         standby.wait()
         waiting = standby.slot                                   # started as the first trial's export started:
         assert waiting is not None and waiting.alive()

@@ -119,6 +119,8 @@ def run_trial(spec: TrialSpec, on_line: Callable[[str], None] | None = None, cli
         out.calibration_s = calibration.seconds(startup.result())     # compute this trial got: runner.decision
         out.cpu_share = cgroup.cpu_share(cpu.seconds, t_exit.host_wall_s, cpu.quota_cores)
         out.throttled_s = cpu.throttled_s
+        if pump and pump.launched_at is not None:         # the launcher's part of the start-up (calibration)
+            out.timings["train_launched_s"] = round(pump.launched_at - t_handed, 3)
         if pump and pump.first_step_at is not None:
             out.timings["train_startup_s"] = round(pump.first_step_at - t_handed, 3)
         if pump and pump.exporting_at is not None:
