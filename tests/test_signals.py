@@ -269,6 +269,8 @@ def _waits() -> dict:
                                                       lambda: signals.result(pool.submit(time.sleep, ITEM_S))),
             "signals.join (a slot being made)": (thread.start, lambda: signals.join(thread)),
             "Proposals.get (a slow proposer)": (proposals.start, proposals.get),
+            "cleanup's sweep (as a run stops)": (lambda: None,
+                                                 lambda: cleanup._each(lambda i: time.sleep(ITEM_S) or "", [1, 2])),
             "plain queue.get (the control)": (lambda: later(lambda: plain.put(1)), plain.get)}
 
 

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import signals
 from .spec import LABEL_HOST, LABEL_LOCK, LABEL_RUN, LABEL_TRIAL
 
 LOCK_NAME = ".lock"                                 # runs/<tag>/.lock (runner.runs.RunLock)
@@ -49,8 +50,12 @@ def _each(fn, items) -> list[str]:
     items = [i for i in items if i is not None and i != ""]
     if len(items) < 2:
         return [e for e in map(fn, items) if e]
-    with ThreadPoolExecutor(min(len(items), REMOVE_AT_ONCE), thread_name_prefix="remove") as pool:
-        return [e for e in pool.map(fn, items) if e]
+    pool = ThreadPoolExecutor(min(len(items), REMOVE_AT_ONCE), thread_name_prefix="remove")
+    try:
+        futures = [pool.submit(fn, i) for i in items]
+        return [e for e in map(signals.result, futures) if e]    # on the main thread as a run stops: a second
+    finally:                                                     # signal is seen within 0.2 s (runner.signals)
+        pool.shutdown(wait=False)
 
 
 def remove_containers(containers) -> list[str]:
