@@ -1,7 +1,8 @@
 """Benchmark: what the Ray executor adds per trial. The same tiny trials (the real train.py, tiny policy on one core,
 fixed steps and seed) through the Docker executor as the loop runs it (a slot started ahead), the Docker executor
-without that (each trial starts its slot, as a Ray node does), and the Ray executor on a real local cluster (a head
-and one worker node, in a network namespace of this benchmark's own: tests/raykit.py). Rounds are interleaved so
+without that (each trial starts its slot), and the Ray executor on a real local cluster (a head and one worker node,
+in a network namespace of this benchmark's own: tests/raykit.py), whose slot on the node starts the next trial's
+containers ahead as the loop's Docker executor does. Rounds are interleaved so
 that load drift hits every executor alike. Prints a markdown table (and --json writes the raw numbers).
 
     python benchmarks/ray_overhead.py [--trials 4] [--max-steps 10] [--json out.json]
@@ -44,7 +45,7 @@ def _trial(executor, name: str, i: int, ctx: dict) -> dict:
     t = out.timings
     return {"wall_s": wall, "node_s": t.get("node_total_s"), "slot_s": t.get("slot_s"),
             "train_s": t.get("train_host_s"), "eval_s": t.get("eval_host_s"), "val_bpb": out.val_bpb,
-            "slot": out.slot}
+            "slot": out.slot, "ahead": bool(t.get("slot_prestarted"))}
 
 
 def bench(args) -> dict:
@@ -86,16 +87,18 @@ def table(res: dict) -> str:
         vals = [r[key] for r in res["runs"][name] if r.get(key) is not None]
         return statistics.mean(vals) if vals else float("nan")
     ray_over = [r["wall_s"] - r["node_s"] for r in res["runs"]["ray"]]
-    lines = ["| executor | trials | trial wall s (mean) | slot start s | train s | eval s |", "|---|---|---|---|---|---|"]
+    lines = ["| executor | trials | trial wall s (mean) | slot start s | train s | eval s | slot started ahead |",
+             "|---|---|---|---|---|---|---|"]
     for name in ("docker_ahead", "docker", "ray"):
         lines.append(f"| {name} | {len(res['runs'][name])} | {col(name, 'wall_s'):.2f} | {col(name, 'slot_s'):.2f} | "
-                     f"{col(name, 'train_s'):.2f} | {col(name, 'eval_s'):.2f} |")
+                     f"{col(name, 'train_s'):.2f} | {col(name, 'eval_s'):.2f} | "
+                     f"{sum(r['ahead'] for r in res['runs'][name])} of {len(res['runs'][name])} |")
     f = res["first"]
     lines += ["", f"Ray start() (connect, pin, ship data to 1 node): {res['start_s']:.2f} s; first Ray trial: "
               f"{f['wall_s']:.2f} s, of it Ray's own {f['wall_s'] - f['node_s']:.2f} s",
               f"Ray's own per trial (head wall - node run_trial): mean {statistics.mean(ray_over):.3f} s, "
               f"max {max(ray_over):.3f} s",
-              f"Ray - docker (same path, no slot ahead): {col('ray', 'wall_s') - col('docker', 'wall_s'):+.2f} s; "
+              f"Ray - docker (no slot ahead): {col('ray', 'wall_s') - col('docker', 'wall_s'):+.2f} s; "
               f"Ray - docker_ahead (as the loop runs it): {col('ray', 'wall_s') - col('docker_ahead', 'wall_s'):+.2f} s",
               f"val_bpb equal everywhere: {len({r['val_bpb'] for v in res['runs'].values() for r in v}) == 1}"]
     return "\n".join(lines)

@@ -26,15 +26,21 @@ Contracts
 - The data: a node keeps a cache dir per manifest sha256 ($AUTORESEARCH_RAY_CACHE, default DEFAULT_CACHE). Missing:
   the head ships a tar of the data dir, the node extracts it, verifies every file against the manifest and the
   manifest against the run's sha, and only then renames it into place; so a cache dir that exists is verified.
+- Slots: start() asks Ray for `slots` NodeSlot actors (runner/ray_slots.py), each holding one trial's resources
+  for the run; a trial runs in a free one, which keeps the next trial's containers started ahead on its node as
+  the Docker executor does on one host (the slot is bound to that node). A trial that asks for other resources
+  than the run's (or any trial before start()) is one plain Ray task, whose node starts its containers then.
 - What comes back: the TrialOutcome (outcome.slot = "node-<6 hex of the node id>[/gpuN]"), result.json, the
   model when spec.keep_model, and the train log's lines. The head writes train.py, result.json (and model.pt2) into
   spec.work_dir as the Docker executor does; on_phase and on_line hear the phases and lines AFTER the task
   returns (replayed in order), not live.
-- close() (the loop's unwind on a stop signal) cancels every trial task in flight (ray.cancel, force: the task's
-  worker process is killed); each run() in flight returns `infra` at once, its containers removed by their slot's
-  watchdog as for a lost node, and no run() submits anything after close().
-- A node lost mid-trial (Ray: node died, worker crashed, object lost) is an `infra` attempt; the task is submitted
-  again (Ray places it on a live node) up to MAX_ATTEMPTS, and the one outcome that comes back carries `attempts`.
+- close() (the loop's unwind on a stop signal) lets idle slots remove their containers, kills every slot actor
+  and cancels every trial task in flight (ray.cancel, force: the task's worker process is killed); each run() in
+  flight returns `infra` at once, its containers removed by their slot's watchdog as for a lost node, and no run()
+  submits anything after close().
+- A node lost mid-trial (Ray: node died, worker or actor died, object lost) is an `infra` attempt; the trial is
+  submitted again (to another free slot, or a task Ray places on a live node) up to MAX_ATTEMPTS, and the one
+  outcome that comes back carries `attempts`. A lost slot is replaced by a new actor wherever Ray finds room.
   The lost task's containers are removed by their slot's watchdog (runner/sandbox/watchdog.py) when the task's
   process is gone, at the latest at their deadline; remove_leftovers removes a dead run's on every live node.
 - Without Ray installed this module imports; RayExecutor() raises a one-line UserError naming the extra.
@@ -57,9 +63,12 @@ from .ray_node import _infra, _one_line, _write, node_cleanup, node_prepare, nod
 NODE_RESOURCE = "autoresearch_docker"      # custom resource a node advertises when it can run trials
 NODE_SHARE = 0.001                         # of NODE_RESOURCE per trial: up to 1000 trials per node
 MAX_ATTEMPTS = 3                           # a trial's tries when nodes are lost under it
+SLOTS_PLACED_S = 60                        # start() waits this long for Ray to place the run's slots (a full
+                                           # cluster: the trials wait for the slots placed later)
 NODE_ALLOWANCE_S = 600                     # beyond train deadline + eval timeout: slot start, image load, copies
 _LOST = ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
-         "ObjectFetchTimedOutError", "ReferenceCountingAssertionError", "RaySystemError")  # attempt lost, retry
+         "ObjectFetchTimedOutError", "ReferenceCountingAssertionError", "RaySystemError", "ActorDiedError",
+         "RayActorError", "ActorUnavailableError")                                          # attempt lost, retry
 
 
 _CONNECT = threading.Lock()                # ray.init is once per process
@@ -104,6 +113,7 @@ class RayExecutor:
         self._refs: dict[str, object] = {}         # digest or sha -> ObjectRef of what was shipped
         self._remote: dict[str, object] = {}
         self._in_flight: set = set()               # ObjectRefs of the trial tasks running now
+        self._pool = None                          # the run's slots (runner.ray_slots.SlotPool), after start()
         self._closed = False
         self._owns_ray = False
 
@@ -128,6 +138,12 @@ class RayExecutor:
             raise UserError(f"no node of the Ray cluster can hold one trial ({want}); lower limits.cpus/memory")
         self.slots = policy.slots if policy.slots > 1 else capacity
         self.prepared = self.prepare_nodes(image, Path(data_dir))
+        from .ray_slots import SlotPool
+        if self._pool is not None:
+            self._pool.close()
+        job = {**self._pins(image, Path(data_dir)), "run_tag": run_tag, "policy": policy.model_dump()}
+        self._pool = SlotPool(self.ray, job, self.slots, want)
+        self._pool.wait_placed(SLOTS_PLACED_S)      # the first trials then spread over the nodes
 
     def run(self, spec: TrialSpec, on_line: OnLine | None = None, on_phase: OnPhase | None = None) -> TrialOutcome:
         from .sandbox.trial import MAX_TRAIN_PY_BYTES
@@ -140,11 +156,12 @@ class RayExecutor:
                "policy": spec.policy.model_dump(), "seed": spec.seed, "keep_model": spec.keep_model,
                "every_batch_below": spec.every_batch_below, "train_py": train_py}
         wait_s = spec.policy.train.deadline_seconds + spec.policy.eval.timeout_seconds + NODE_ALLOWANCE_S
+        pool = self._pool if self._pool is not None and self._pool.resources == trial_resources(spec.policy) else None
         lost: list[str] = []
         answer = None
         while answer is None and len(lost) < MAX_ATTEMPTS:
             try:
-                answer = self._call("trial", job, spec.policy, wait_s)
+                answer = self._on_slot(pool, job, wait_s) if pool else self._call("trial", job, spec.policy, wait_s)
             except ray.exceptions.GetTimeoutError:
                 answer = _infra(f"no answer from the Ray node within {wait_s:.0f} s; the task was cancelled")
             except ray.exceptions.RayError as e:
@@ -178,6 +195,9 @@ class RayExecutor:
             running, self._in_flight = list(self._in_flight), set()
             self._refs.clear()
             self._remote.clear()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         for ref in running:
             try:
                 self.ray.cancel(ref, force=True)       # kills the task's worker: its slot's watchdog removes the rest
@@ -273,6 +293,29 @@ class RayExecutor:
                 return answer
             job = self._ship(job, set(answer["need"]))
         return _infra(f"node {answer.get('slot')} still lacks {answer['need']} after shipping")
+
+    def _on_slot(self, pool, job: dict, wait_s: float) -> dict:
+        """One attempt in a free slot of the run (and once more with the image/data shipped if its node lacked
+        them). A slot that dies under it (a lost node) or does not answer is replaced, and the error raised."""
+        actor = pool.take(wait_s)
+        if actor is None:
+            return _infra("the run stopped: the executor closed before the trial started" if pool.closed else
+                          f"no slot of the Ray cluster came free within {wait_s:.0f} s")
+        try:
+            for _ in range(2):
+                try:
+                    answer = self.ray.get(actor.trial.remote(job), timeout=wait_s)
+                except Exception:
+                    pool.lose(actor)
+                    actor = None
+                    raise
+                if not answer.get("need"):
+                    return answer
+                job = self._ship(job, set(answer["need"]))
+            return _infra(f"node {answer.get('slot')} still lacks {answer['need']} after shipping")
+        finally:
+            if actor is not None:
+                pool.give_back(actor)
 
     def _task(self, kind: str, node_id: str | None = None, locked: bool = False, **options):
         """The remote function (registered once) with per-call options; node_id pins a zero-CPU helper task.

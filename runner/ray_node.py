@@ -5,6 +5,14 @@ here, written to a scratch dir and handed to the node's hardened train container
     node_trial(job)    ensure image + data, run the trial, send back the outcome, result.json, log lines, phases
     node_prepare(job)  ensure image + data only (the head calls it on every node at start)
     node_cleanup(tag)  remove a dead run's containers and volumes on this node's engine
+    NodeSlot(job)      a run's slot on this node (a Ray actor that holds the slot's resources for the run's life):
+                       .trial(job) is node_trial with the next trial's containers started ahead, as on one host
+                       (runner.sandbox.slot.Standby); .close() removes them
+
+A CPU slot of whole cores is pinned, as on one host: it claims the first free range of its size among the engine's
+cores (an flock on CORES_DIR/<engine id>/<k>.lock, held while the actor lives: a dead actor's claim is free at
+once), so the slots on a node never share a core. Without a free range (Ray advertises more CPUs than the engine
+has) or with a fractional share, the slot has its CPU quota only.
 """
 from __future__ import annotations
 
@@ -20,30 +28,29 @@ from .executor import TrialOutcome, TrialSpec
 
 CACHE_ENV = "AUTORESEARCH_RAY_CACHE"       # a node's cache root (data per sha, trial scratch dirs)
 DEFAULT_CACHE = "/var/tmp/autoresearch-ray"
+CORES_DIR = "/var/tmp/autoresearch-ray-cores"   # the core claims of every node on this machine (one per engine)
 MAX_LOG_LINES = 20_000                     # train log lines a node sends back (the last ones)
 
 
-def node_trial(job: dict) -> dict:
-    """On the node: ensure image and data, run the hardened trial, send back what the head writes."""
-    from .policy import Policy
+def node_trial(job: dict, slot: NodeSlot | None = None) -> dict:
+    """On the node: ensure image and data, run the hardened trial, send back what the head writes. `slot`: the
+    run's slot this runs in (a NodeSlot actor), whose containers started ahead the trial takes."""
     from .sandbox import preflight, watchdog
     from .sandbox.trial import run_trial
     watchdog.DETACH = True          # this worker's death (a lost node, a cancel) must not take the watchdogs along
-    slot = _slot_name()
+    name = slot.name if slot else _slot_name()
     try:
-        client = preflight.connect()
+        client = slot.client if slot else preflight.connect()
         ready = _ensure(client, job)
         if ready.get("need") or ready.get("error"):
-            return {**(_infra(ready["error"]) if ready.get("error") else ready), "slot": slot}
+            return {**(_infra(ready["error"]) if ready.get("error") else ready), "slot": name}
         work = _cache() / "trials" / f"{job['run_tag']}-{job['trial_id']}-{uuid.uuid4().hex[:6]}"
         cand = work / "candidate"
         cand.mkdir(parents=True)
         if job["train_py"] is not None:
             _write(cand / "train.py", job["train_py"], 0o644)
-        policy = Policy.model_validate(job["policy"])
-        gpus = _gpu_ids()
-        if policy.wants_gpu and gpus:
-            policy = policy.model_copy(update={"gpu": gpus})   # exactly the device Ray assigned this task
+        policy = slot.policy(job) if slot else _node_policy(job)
+        standby = slot.standby_for(policy, job, Path(ready["data_dir"])) if slot else None
         lines, phases = [], []
 
         def on_line(line):
@@ -55,16 +62,94 @@ def node_trial(job: dict) -> dict:
                          work_dir=work / "trial", keep_model=job["keep_model"],
                          every_batch_below=job.get("every_batch_below"))
         try:
-            out = run_trial(spec, on_line, client=client, on_phase=phases.append)
+            out = run_trial(spec, on_line, client=client, on_phase=phases.append, standby=standby)
             result = work / "trial" / "result.json"
             model = work / "trial" / "model.pt2"
-            return {"outcome": asdict(out), "slot": slot, "lines": lines[-MAX_LOG_LINES:], "phases": phases,
+            return {"outcome": asdict(out), "slot": name, "lines": lines[-MAX_LOG_LINES:], "phases": phases,
                     "result_json": result.read_bytes() if result.is_file() else None,
                     "model": model.read_bytes() if job["keep_model"] and model.is_file() else None}
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except Exception as e:  # noqa: BLE001 - the node's own failure (engine, disk, cache): never the candidate's
-        return {**_infra(f"on Ray node {slot}: {_one_line(e)}"), "slot": slot}
+        return {**_infra(f"on Ray node {name}: {_one_line(e)}"), "slot": name}
+
+
+class NodeSlot:
+    """One slot of a run on this node, as a Ray actor (runner.ray_executor makes `executor.slots` of them at start,
+    each asking for one trial's resources, and holds them for the run). It runs the run's trials one at a time, like
+    node_trial, and keeps the next trial's containers started ahead (a Standby, made once the node holds the run's
+    image and data; its first slot is started at once). Its watchdogs are detached: when the actor dies (a lost
+    node, the head's ray.kill on a stop) they remove its containers. __init__ never raises: a node that cannot
+    start its slot answers every trial with `infra`, naming why."""
+
+    def __init__(self, job: dict):
+        from .sandbox import preflight, watchdog
+        watchdog.DETACH = True
+        self.name, self.client, self.standby, self.error = _slot_name(), None, None, ""
+        self.base = _cache() / "slots" / f"{job['run_tag']}-{uuid.uuid4().hex[:8]}"
+        self.cores, self._claim = None, None      # the cpuset this slot pinned, and the open file holding it
+        try:
+            self.client = preflight.connect()
+            self._pin(_node_policy(job))
+            ready = _ensure(self.client, job)
+            if ready.get("data_dir"):
+                self.standby_for(self.policy(job), job, Path(ready["data_dir"]))
+        except Exception as e:  # noqa: BLE001 - reported by every trial of this slot (and its next try re-checks)
+            self.error = f"on Ray node {self.name}: {_one_line(e)}"
+
+    def ready(self) -> str:
+        """The slot's name, once the actor runs (the head waits for this before giving it a trial)."""
+        return self.name
+
+    def _pin(self, policy) -> None:
+        """Claim a free range of whole cores for a CPU slot (the module docstring)."""
+        import fcntl
+        per = policy.limits.cpus
+        if policy.wants_gpu or policy.limits.cpuset or per < 1 or per != int(per):
+            return
+        per, info = int(per), self.client.info()
+        root = Path(CORES_DIR) / str(info.get("ID") or "engine").replace(":", "-")
+        root.mkdir(parents=True, exist_ok=True)
+        for k in range(int(info.get("NCPU") or 0) // per):
+            f = open(root / f"{k}.lock", "a")            # noqa: SIM115 - held open for the actor's life
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            self._claim = f
+            self.cores = f"{k * per}" if per == 1 else f"{k * per}-{k * per + per - 1}"
+            self.name = f"{self.name}/cpu{self.cores}"
+            return
+
+    def policy(self, job: dict):
+        """The job's policy as this slot runs it: _node_policy, pinned to the slot's cores if it claimed some."""
+        policy = _node_policy(job)
+        if self.cores is None or policy.wants_gpu or policy.limits.cpuset:
+            return policy
+        limits = policy.limits.model_copy(update={"cpuset": self.cores})
+        return policy.model_copy(update={"limits": limits})
+
+    def standby_for(self, policy, job: dict, data_dir: Path):
+        """The slot's Standby (made on the first call, which also starts its first slot ahead)."""
+        if self.standby is None:
+            from .sandbox.slot import Standby
+            self.standby = Standby(policy, image=job["image"], data_dir=data_dir, run_tag=job["run_tag"],
+                                   base_dir=self.base)
+            self.standby.prepare_soon(self.client)
+        return self.standby
+
+    def trial(self, job: dict) -> dict:
+        if self.client is None:
+            return {**_infra(self.error or f"on Ray node {self.name}: no Docker engine"), "slot": self.name}
+        return node_trial(job, slot=self)
+
+    def close(self) -> list[str]:
+        """Remove the containers started ahead and the used slots (the head calls this on idle slots, then kills
+        every actor); the removal errors."""
+        errors = self.standby.close() if self.standby is not None else []
+        shutil.rmtree(self.base, ignore_errors=True)
+        return errors
 
 
 def node_prepare(job: dict) -> dict:
@@ -133,6 +218,16 @@ def _ensure(client, job: dict) -> dict:
     if manifest_sha256(data) != job["sha"]:
         return {"error": f"the node's data cache {data} does not match the run's manifest"}
     return {**report, "data_dir": str(data)}
+
+
+def _node_policy(job: dict):
+    """The job's policy as this node runs it: a GPU trial sees exactly the devices Ray assigned this worker."""
+    from .policy import Policy
+    policy = Policy.model_validate(job["policy"])
+    gpus = _gpu_ids()
+    if policy.wants_gpu and gpus:
+        policy = policy.model_copy(update={"gpu": gpus})
+    return policy
 
 
 def _cache() -> Path:

@@ -193,23 +193,33 @@ def drive(args) -> dict:
                 "error": out.error, "files": sorted(p.name for p in wd.iterdir()) if wd.is_dir() else [],
                 "timings": out.timings}
 
-    with Cluster(workers=2, root=Path(args.root)) as cluster:
-        res["workers"] = cluster.workers
+    def started(policy=pol, image=args.image):
         ex = RayExecutor(cluster.address)
-        t = time.monotonic()
-        ex.start(pol, image=args.image, data_dir=Path(args.data), run_tag=args.run_tag, work_dir=work)
-        res["start"] = {"slots": ex.slots, "prepared": ex.prepared, "s": round(time.monotonic() - t, 2)}
+        ex.start(policy, image=image, data_dir=Path(args.data), run_tag=args.run_tag, work_dir=work)
+        return ex
 
-        # two trials at once: one per worker
-        specs = [spec(f"pair-{i}", args.image) for i in range(2)]
-        outs, lines = [None, None], [[], []]
+    def at_once(ex, specs, lines=None):
+        outs, lines = [None] * len(specs), lines or [[] for _ in specs]
         threads = [threading.Thread(target=lambda i=i: outs.__setitem__(i, ex.run(specs[i], lines[i].append)))
-                   for i in range(2)]
+                   for i in range(len(specs))]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
+        return outs
+
+    with Cluster(workers=2, root=Path(args.root)) as cluster:
+        res["workers"] = cluster.workers
+        # two trials at once: one per worker, each in its run's slot (an actor holding the worker's CPU), whose
+        # containers were started ahead
+        t = time.monotonic()
+        ex = started()
+        res["start"] = {"slots": ex.slots, "prepared": ex.prepared, "s": round(time.monotonic() - t, 2)}
+        specs, lines = [spec(f"pair-{i}", args.image) for i in range(2)], [[], []]
+        outs = at_once(ex, specs, lines)
         res["pair"] = [{**brief(o, s), "lines": len(ls)} for o, s, ls in zip(outs, specs, lines)]
+        ex.close()
+        res["closed_left"] = _left(client, args.run_tag, timeout=30)
 
         # two GPU trials at once: one logical GPU each (the node's policy names the GPU Ray assigned; this
         # machine's engine has no nvidia runtime, so each ends infra at the node's GPU check)
@@ -218,13 +228,9 @@ def drive(args) -> dict:
         gspecs = [spec(f"gpu-{i}", args.image) for i in range(2)]
         for g in gspecs:
             g.policy = gpu_pol
-        gouts = [None, None]
-        threads = [threading.Thread(target=lambda i=i: gouts.__setitem__(i, ex.run(gspecs[i]))) for i in range(2)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        res["gpu"] = [brief(o, g) for o, g in zip(gouts, gspecs)]
+        gx = started(gpu_pol)
+        res["gpu"] = [brief(o, g) for o, g in zip(at_once(gx, gspecs), gspecs)]
+        gx.close()
 
         # the image: shipped through the object store to a node that lacks the run's tag
         ship = RayExecutor(cluster.address)
@@ -235,61 +241,70 @@ def drive(args) -> dict:
         ship.close()
 
         # a digest mismatch: the run pinned the trial image under a tag that now names another image
-        mis = RayExecutor(cluster.address)
-        mis.start(pol, image=args.mismatch_tag, data_dir=Path(args.data), run_tag=args.run_tag, work_dir=work)
+        mis = started(image=args.mismatch_tag)
         client.images.get(args.ship_tag).tag(*args.mismatch_tag.rsplit(":", 1))   # moves the tag
         res["mismatch"] = brief(mis.run(spec("mismatch", args.mismatch_tag)), spec("mismatch", args.mismatch_tag))
         mis.close()
 
-        # a worker killed mid-trial: the trial runs again on the other one and comes back once
-        killed: dict = {}
-        s = spec("killed", args.image)
-        box: list = []
-        th = threading.Thread(target=lambda: box.append(ex.run(s)))
-        th.start()
-        killed.update(_kill_when_training(cluster, client, args.run_tag, "killed"))
-        th.join()
-        res["killed"] = {**brief(box[0], s), **killed}
-
-        # the head stops mid-trial (a signal unwinds the loop, which closes its executor): the task is cancelled,
-        # run() returns at once and the trial's containers go (before remove_leftovers below looks)
-        stop = RayExecutor(cluster.address)
+        # the head stops mid-trial (a signal unwinds the loop, which closes its executor): the slots are killed,
+        # run() returns at once and every container of the run goes (before remove_leftovers below looks)
+        stop = started()
         s = spec("stopped", args.image)
         box = []
         th = threading.Thread(target=lambda: box.append(stop.run(s)))
         th.start()
-        seen = _training(client, args.run_tag, "stopped") is not None
+        seen = _training(client, args.run_tag) is not None
         t = time.monotonic()
         stop.close()
         th.join(timeout=120)
         returned_s = time.monotonic() - t
         res["stopped"] = {**(brief(box[0], s) if box else {"status": None}), "training_seen": seen,
-                          "returned_s": round(returned_s, 2),
-                          "gone_s": _gone(client, args.run_tag, "stopped", t, timeout=120)}
-        res["leftovers_removed"] = ex.remove_leftovers(args.run_tag)
+                          "returned_s": round(returned_s, 2), "gone_s": _gone(client, args.run_tag, t, timeout=120)}
+
+        # a worker killed mid-trial: the trial runs again in the run's slot on the other one and comes back once
+        killed: dict = {}
+        ex = started()
+        s = spec("killed", args.image)
+        box = []
+        th = threading.Thread(target=lambda: box.append(ex.run(s)))
+        th.start()
+        killed.update(_kill_when_training(cluster, client, args.run_tag, "killed"))
+        th.join()
+        res["killed"] = {**brief(box[0], s), **killed}
         ex.close()
+        res["leftovers_removed"] = RayExecutor(cluster.address).remove_leftovers(args.run_tag)
     return res
 
 
-def _training(client, run_tag: str, trial_id: str, timeout: float = 180):
-    """The trial's train container once train.py runs in it (None after `timeout` s)."""
-    from runner.sandbox.spec import LABEL_ROLE, LABEL_RUN, LABEL_TRIAL
+def _left(client, run_tag: str, timeout: float) -> list[str]:
+    """The names of the run's containers still there after up to `timeout` s."""
+    from runner.sandbox.spec import LABEL_RUN
+    deadline = time.monotonic() + timeout
+    while (left := client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_tag}"})) and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [c.name for c in left]
+
+
+def _training(client, run_tag: str, timeout: float = 180):
+    """The run's running train container once train.py runs in it (None after `timeout` s). The scenarios that
+    look for it run one trial at a time; a slot started ahead carries no trial id, only the run's tag."""
+    from runner.sandbox.spec import LABEL_ROLE, LABEL_RUN
     from trainer.contract import LAUNCHED_LINE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for c in client.containers.list(filters={"label": [f"{LABEL_RUN}={run_tag}", f"{LABEL_TRIAL}={trial_id}"]}):
-            if c.labels.get(LABEL_ROLE) == "train" and LAUNCHED_LINE.encode() in c.logs():
+        for c in client.containers.list(filters={"label": [f"{LABEL_RUN}={run_tag}", f"{LABEL_ROLE}=train"]}):
+            if LAUNCHED_LINE.encode() in c.logs():
                 return c
         time.sleep(0.2)
     return None
 
 
-def _gone(client, run_tag: str, trial_id: str, since: float, timeout: float) -> float | None:
-    """Seconds from `since` until no container of the trial is left (None: some still there after `timeout`)."""
-    from runner.sandbox.spec import LABEL_RUN, LABEL_TRIAL
+def _gone(client, run_tag: str, since: float, timeout: float) -> float | None:
+    """Seconds from `since` until no container of the run is left (None: some still there after `timeout`)."""
+    from runner.sandbox.spec import LABEL_RUN
     while time.monotonic() < since + timeout:
-        if not client.containers.list(all=True, filters={"label": [f"{LABEL_RUN}={run_tag}",
-                                                                  f"{LABEL_TRIAL}={trial_id}"]}):
+        if not client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_tag}"}):
             return round(time.monotonic() - since, 2)
         time.sleep(0.2)
     return None
@@ -297,11 +312,13 @@ def _gone(client, run_tag: str, trial_id: str, since: float, timeout: float) -> 
 
 def _kill_when_training(cluster: Cluster, client, run_tag: str, trial_id: str, timeout: float = 180) -> dict:
     """Wait until the trial's train container runs, then SIGKILL the raylet of the worker running it."""
-    if _training(client, run_tag, trial_id, timeout) is not None:
+    if (train := _training(client, run_tag, timeout)) is not None:
+        train.reload()
         for i, w in enumerate(cluster.workers):
             if any(Path(w["cache"], "trials").glob(f"{run_tag}-{trial_id}-*")):
                 os.kill(cluster.raylet_pid(i), signal.SIGKILL)
-                return {"killed_worker": i, "killed_node": w["node_id"]}
+                return {"killed_worker": i, "killed_node": w["node_id"],
+                        "killed_cpuset": train.attrs["HostConfig"].get("CpusetCpus")}
     return {"killed_worker": None}
 
 

@@ -123,9 +123,21 @@ def test_trials_spread_over_both_workers_with_the_local_score(ray_run):
     assert [t["status"] for t in pair] == ["ok", "ok"], [t["error"] for t in pair]
     workers = {w["node_id"][:6] for w in ray_run["workers"]}
     assert {_node(t["slot"]) for t in pair} == workers              # one trial on each worker
+    # and pinned: the two workers share this machine's engine, so their slots claimed disjoint cores
+    assert sorted(t["slot"].split("/")[1] for t in pair) == ["cpu0", "cpu1"], [t["slot"] for t in pair]
     assert all(t["val_bpb"] == local.val_bpb for t in pair)         # bit for bit the local executor's score
     assert all(t["attempts"] == 1 and t["lines"] > 0 for t in pair)
     assert all({"result.json", "train.py"} <= set(t["files"]) for t in pair)
+
+
+@pytest.mark.docker
+def test_each_ray_slot_starts_its_trial_s_containers_ahead_and_close_removes_them(ray_run):
+    """The run's slots are actors on the nodes: each trial takes containers its slot started before the trial
+    came (as on one host), and close() leaves none of the run's containers, the ones waiting for a trial included."""
+    assert all(t["timings"]["slot_prestarted"] for t in ray_run["pair"]), [t["timings"] for t in ray_run["pair"]]
+    assert ray_run["killed"]["timings"]["slot_prestarted"]            # its second attempt, in the other slot
+    assert ray_run["killed"]["killed_cpuset"] in ("0", "1")           # the first attempt's container: its slot's core
+    assert ray_run["closed_left"] == []
 
 
 @pytest.mark.docker
