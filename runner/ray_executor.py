@@ -32,8 +32,8 @@ Contracts
   than the run's (or any trial before start()) is one plain Ray task, whose node starts its containers then.
 - What comes back: the TrialOutcome (outcome.slot = "node-<6 hex of the node id>[/gpuN]"), result.json, the
   model when spec.keep_model, and the train log's lines. The head writes train.py, result.json (and model.pt2) into
-  spec.work_dir as the Docker executor does; on_phase and on_line hear the phases and lines AFTER the task
-  returns (replayed in order), not live.
+  spec.work_dir as the Docker executor does. on_phase and on_line hear the phases and lines of a trial in a slot
+  as they come (the head polls the slot every LIVE_S), each once and in order; a plain task's AFTER it returns.
 - close() (the loop's unwind on a stop signal) lets idle slots remove their containers, kills every slot actor
   and cancels every trial task in flight (ray.cancel, force: the task's worker process is killed); each run() in
   flight returns `infra` at once, its containers removed by their slot's watchdog as for a lost node, and no run()
@@ -65,6 +65,7 @@ NODE_SHARE = 0.001                         # of NODE_RESOURCE per trial: up to 1
 MAX_ATTEMPTS = 3                           # a trial's tries when nodes are lost under it
 SLOTS_PLACED_S = 60                        # start() waits this long for Ray to place the run's slots (a full
                                            # cluster: the trials wait for the slots placed later)
+LIVE_S = 1.0                               # how often a trial's slot is polled for new log lines and phases
 NODE_ALLOWANCE_S = 600                     # beyond train deadline + eval timeout: slot start, image load, copies
 _LOST = ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
          "ObjectFetchTimedOutError", "ReferenceCountingAssertionError", "RaySystemError", "ActorDiedError",
@@ -143,7 +144,12 @@ class RayExecutor:
             self._pool.close()
         job = {**self._pins(image, Path(data_dir)), "run_tag": run_tag, "policy": policy.model_dump()}
         self._pool = SlotPool(self.ray, job, self.slots, want)
-        self._pool.wait_placed(SLOTS_PLACED_S)      # the first trials then spread over the nodes
+        placed = self._pool.wait_placed(SLOTS_PLACED_S, min(self.slots, capacity))   # the first trials spread
+        if placed < self.slots:
+            import sys
+            print(f"autoresearch: {placed} of {self.slots} Ray slots are placed (the cluster's nodes hold "
+                  f"{capacity} trials of {want}, and other work may hold some); the others take trials once Ray "
+                  "places them", file=sys.stderr, flush=True)
 
     def run(self, spec: TrialSpec, on_line: OnLine | None = None, on_phase: OnPhase | None = None) -> TrialOutcome:
         from .sandbox.trial import MAX_TRAIN_PY_BYTES
@@ -158,10 +164,11 @@ class RayExecutor:
         wait_s = spec.policy.train.deadline_seconds + spec.policy.eval.timeout_seconds + NODE_ALLOWANCE_S
         pool = self._pool if self._pool is not None and self._pool.resources == trial_resources(spec.policy) else None
         lost: list[str] = []
-        answer = None
+        answer, live = None, _Live(on_line, on_phase)
         while answer is None and len(lost) < MAX_ATTEMPTS:
             try:
-                answer = self._on_slot(pool, job, wait_s) if pool else self._call("trial", job, spec.policy, wait_s)
+                answer = (self._on_slot(pool, job, wait_s, live) if pool else
+                          self._call("trial", job, spec.policy, wait_s))
             except ray.exceptions.GetTimeoutError:
                 answer = _infra(f"no answer from the Ray node within {wait_s:.0f} s; the task was cancelled")
             except ray.exceptions.RayError as e:
@@ -182,10 +189,7 @@ class RayExecutor:
         for name, data in (("result.json", answer.get("result_json")), ("model.pt2", answer.get("model"))):
             if data is not None:
                 _write(work / name, data, 0o644)
-        for name in answer.get("phases", []) if on_phase else []:
-            on_phase(name)
-        for line in answer.get("lines", []) if on_line else []:
-            on_line(line)
+        live.feed(answer, whole=True)                  # what the polls did not hand over yet (all of a task's)
         out.timings["total_s"] = round(time.monotonic() - t0, 3)
         return out
 
@@ -294,9 +298,10 @@ class RayExecutor:
             job = self._ship(job, set(answer["need"]))
         return _infra(f"node {answer.get('slot')} still lacks {answer['need']} after shipping")
 
-    def _on_slot(self, pool, job: dict, wait_s: float) -> dict:
+    def _on_slot(self, pool, job: dict, wait_s: float, live: _Live) -> dict:
         """One attempt in a free slot of the run (and once more with the image/data shipped if its node lacked
-        them). A slot that dies under it (a lost node) or does not answer is replaced, and the error raised."""
+        them), its log lines and phases handed to `live` as they come (a poll every LIVE_S). A slot that dies
+        under it (a lost node) or does not answer is replaced, and the error raised."""
         actor = pool.take(wait_s)
         if actor is None:
             return _infra("the run stopped: the executor closed before the trial started" if pool.closed else
@@ -304,7 +309,7 @@ class RayExecutor:
         try:
             for _ in range(2):
                 try:
-                    answer = self.ray.get(actor.trial.remote(job), timeout=wait_s)
+                    answer = self._follow(actor, actor.trial.remote(job), job["trial_id"], wait_s, live)
                 except Exception:
                     pool.lose(actor)
                     actor = None
@@ -316,6 +321,20 @@ class RayExecutor:
         finally:
             if actor is not None:
                 pool.give_back(actor)
+
+    def _follow(self, actor, ref, trial_id: str, wait_s: float, live: _Live) -> dict:
+        """The answer of a trial running in `actor`, polling its progress meanwhile."""
+        ray, deadline = self.ray, time.monotonic() + wait_s
+        live.n_lines = live.n_phases = 0              # an attempt again (a lost node): its own lines, from the start
+        while not ray.wait([ref], timeout=LIVE_S)[0]:
+            if time.monotonic() > deadline:
+                raise ray.exceptions.GetTimeoutError(f"no answer from the Ray slot within {wait_s:.0f} s")
+            if live.wanted:
+                try:
+                    live.feed(ray.get(actor.progress.remote(trial_id, live.n_lines, live.n_phases), timeout=30))
+                except ray.exceptions.RayError:      # slow, or the slot died: the trial's own answer says which
+                    pass
+        return ray.get(ref)
 
     def _task(self, kind: str, node_id: str | None = None, locked: bool = False, **options):
         """The remote function (registered once) with per-call options; node_id pins a zero-CPU helper task.
@@ -340,6 +359,28 @@ class RayExecutor:
 
 
 # --------------------------------------------------------------------------- helpers
+
+class _Live:
+    """Hands a trial's log lines and phases to run()'s callbacks once each, in order: from the polls of its slot
+    while it runs, then what is left from its answer (runner.ray_node.Log.since: `lines_total` counts them all)."""
+
+    def __init__(self, on_line: OnLine | None, on_phase: OnPhase | None):
+        self.on_line, self.on_phase, self.n_lines, self.n_phases = on_line, on_phase, 0, 0
+        self.wanted = on_line is not None or on_phase is not None
+
+    def feed(self, part: dict, whole: bool = False) -> None:
+        """part: new lines and phases (a poll), or all of them (whole: the answer)."""
+        lines = part.get("lines") or []
+        total = part.get("lines_total", len(lines))
+        if total > self.n_lines:
+            for line in lines[-(total - self.n_lines):] if self.on_line else []:
+                self.on_line(line)
+            self.n_lines = total
+        phases = (part.get("phases") or [])[self.n_phases if whole else 0:]
+        for name in phases if self.on_phase else []:
+            self.on_phase(name)
+        self.n_phases += len(phases)
+
 
 def _read_regular(path: Path, cap: int) -> bytes | None:
     """The file's bytes if it is a regular file (not a link); None otherwise. Over `cap`: the first cap+1 bytes

@@ -7,7 +7,8 @@ here, written to a scratch dir and handed to the node's hardened train container
     node_cleanup(tag)  remove a dead run's containers and volumes on this node's engine
     NodeSlot(job)      a run's slot on this node (a Ray actor that holds the slot's resources for the run's life):
                        .trial(job) is node_trial with the next trial's containers started ahead, as on one host
-                       (runner.sandbox.slot.Standby); .close() removes them
+                       (runner.sandbox.slot.Standby); .progress(...) the running trial's new log lines and
+                       phases, for the head's live view; .close() removes its containers
 
 A CPU slot of whole cores is pinned, as on one host: it claims the first free range of its size among the engine's
 cores (an flock on CORES_DIR/<engine id>/<k>.lock, held while the actor lives: a dead actor's claim is free at
@@ -20,6 +21,7 @@ import io
 import os
 import shutil
 import tarfile
+import threading
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -51,27 +53,56 @@ def node_trial(job: dict, slot: NodeSlot | None = None) -> dict:
             _write(cand / "train.py", job["train_py"], 0o644)
         policy = slot.policy(job) if slot else _node_policy(job)
         standby = slot.standby_for(policy, job, Path(ready["data_dir"])) if slot else None
-        lines, phases = [], []
-
-        def on_line(line):
-            lines.append(line)
-            if len(lines) > 2 * MAX_LOG_LINES:
-                del lines[:-MAX_LOG_LINES]
+        log = slot.log if slot else Log()
+        log.begin(job["trial_id"])
         spec = TrialSpec(run_tag=job["run_tag"], trial_id=job["trial_id"], candidate_dir=cand,
                          data_dir=Path(ready["data_dir"]), policy=policy, image=job["image"], seed=job["seed"],
                          work_dir=work / "trial", keep_model=job["keep_model"],
                          every_batch_below=job.get("every_batch_below"))
         try:
-            out = run_trial(spec, on_line, client=client, on_phase=phases.append, standby=standby)
+            out = run_trial(spec, log.line, client=client, on_phase=log.phase, standby=standby)
             result = work / "trial" / "result.json"
             model = work / "trial" / "model.pt2"
-            return {"outcome": asdict(out), "slot": name, "lines": lines[-MAX_LOG_LINES:], "phases": phases,
+            return {"outcome": asdict(out), "slot": name, **log.since(job["trial_id"], 0, 0),
                     "result_json": result.read_bytes() if result.is_file() else None,
                     "model": model.read_bytes() if job["keep_model"] and model.is_file() else None}
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except Exception as e:  # noqa: BLE001 - the node's own failure (engine, disk, cache): never the candidate's
         return {**_infra(f"on Ray node {name}: {_one_line(e)}"), "slot": name}
+
+
+class Log:
+    """A trial's log lines and phases as they come (thread-safe), for the answer and for the head's polls while it
+    runs; at most the last MAX_LOG_LINES..2*MAX_LOG_LINES lines are kept, with the count of those dropped."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.begin(None)
+
+    def begin(self, trial_id) -> None:
+        with self._lock:
+            self.trial_id, self.lines, self.dropped, self.phases = trial_id, [], 0, []
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self.lines.append(text)
+            if len(self.lines) > 2 * MAX_LOG_LINES:
+                del self.lines[:MAX_LOG_LINES]
+                self.dropped += MAX_LOG_LINES
+
+    def phase(self, name: str) -> None:
+        with self._lock:
+            self.phases.append(name)
+
+    def since(self, trial_id, n_lines: int, n_phases: int) -> dict:
+        """The lines after the first n_lines and the phases after the first n_phases of trial `trial_id`, with
+        lines_total (lines so far, dropped ones included); nothing if another trial's log is kept now."""
+        with self._lock:
+            if trial_id != self.trial_id:
+                return {"lines": [], "lines_total": n_lines, "phases": []}
+            return {"lines": self.lines[max(n_lines - self.dropped, 0):][-MAX_LOG_LINES:],
+                    "lines_total": self.dropped + len(self.lines), "phases": self.phases[n_phases:]}
 
 
 class NodeSlot:
@@ -88,6 +119,7 @@ class NodeSlot:
         self.name, self.client, self.standby, self.error = _slot_name(), None, None, ""
         self.base = _cache() / "slots" / f"{job['run_tag']}-{uuid.uuid4().hex[:8]}"
         self.cores, self._claim = None, None      # the cpuset this slot pinned, and the open file holding it
+        self.log = Log()                           # the trial's, as it runs (the head polls it: progress())
         try:
             self.client = preflight.connect()
             self._pin(_node_policy(job))
@@ -100,6 +132,10 @@ class NodeSlot:
     def ready(self) -> str:
         """The slot's name, once the actor runs (the head waits for this before giving it a trial)."""
         return self.name
+
+    def progress(self, trial_id: str, n_lines: int, n_phases: int) -> dict:
+        """The running trial's new log lines and phases (Log.since); runs beside trial() (the actor has 2 threads)."""
+        return self.log.since(trial_id, n_lines, n_phases)
 
     def _pin(self, policy) -> None:
         """Claim a free range of whole cores for a CPU slot (the module docstring)."""

@@ -3,7 +3,7 @@ Ray for one trial's resources and holding them for the run, so that on its node 
 started ahead as on one host. TRUSTED CODE (the head). runner/ray_executor.py uses it after start().
 
     pool = SlotPool(ray, job, n, resources)    # n actors (job: the run's pins, tag and policy)
-    pool.wait_placed(timeout_s)                # until Ray has placed all of them (or timeout_s): how many
+    pool.wait_placed(timeout_s, want)          # until Ray has placed `want` of them (or timeout_s): how many
     actor = pool.take(timeout_s)               # a free slot Ray has placed; None once closed or after timeout_s
     pool.give_back(actor)                      # its trial is over
     pool.lose(actor)                           # it died under a trial (a lost node) or did not answer: killed,
@@ -30,7 +30,8 @@ POLL_S = 0.2
 class SlotPool:
     def __init__(self, ray, job: dict, n: int, resources: dict):
         self.ray, self.job, self.resources = ray, job, resources
-        self._cls = ray.remote(NodeSlot).options(max_restarts=0, max_task_retries=0, **resources)
+        # two threads: progress() answers while trial() runs
+        self._cls = ray.remote(NodeSlot).options(max_restarts=0, max_task_retries=0, max_concurrency=2, **resources)
         self._free: queue.Queue = queue.Queue()
         self._actors: list = []                    # every actor of the pool, placed or not
         self._placed: set = set()                  # ids of the actors that run
@@ -55,9 +56,11 @@ class SlotPool:
                 self._placed.add(id(actor))
                 self._free.put(actor)
 
-    def wait_placed(self, timeout_s: float) -> int:
+    def wait_placed(self, timeout_s: float, want: int | None = None) -> int:
+        """Wait until `want` slots (default: all) are placed, at most timeout_s; how many are."""
+        want = len(self._actors) if want is None else want
         deadline = time.monotonic() + timeout_s
-        while not self.closed and self.placed() < len(self._actors) and time.monotonic() < deadline:
+        while not self.closed and self.placed() < want and time.monotonic() < deadline:
             time.sleep(POLL_S)
         return self.placed()
 

@@ -199,9 +199,14 @@ def drive(args) -> dict:
         return ex
 
     def at_once(ex, specs, lines=None):
+        """Run the specs at once; lines[i] gets (monotonic time, line) of trial i's log as run() hands them over,
+        and a last (time, None) as run() returns."""
         outs, lines = [None] * len(specs), lines or [[] for _ in specs]
-        threads = [threading.Thread(target=lambda i=i: outs.__setitem__(i, ex.run(specs[i], lines[i].append)))
-                   for i in range(len(specs))]
+
+        def one(i):
+            outs[i] = ex.run(specs[i], lambda text: lines[i].append((time.monotonic(), text)))
+            lines[i].append((time.monotonic(), None))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(specs))]
         for th in threads:
             th.start()
         for th in threads:
@@ -217,7 +222,9 @@ def drive(args) -> dict:
         res["start"] = {"slots": ex.slots, "prepared": ex.prepared, "s": round(time.monotonic() - t, 2)}
         specs, lines = [spec(f"pair-{i}", args.image) for i in range(2)], [[], []]
         outs = at_once(ex, specs, lines)
-        res["pair"] = [{**brief(o, s), "lines": len(ls)} for o, s, ls in zip(outs, specs, lines)]
+        res["pair"] = [{**brief(o, s), "lines": len(ls) - 1, "returned_after_first_line_s": ls[-1][0] - ls[0][0],
+                        "steps": [int(t.split()[0][5:]) for _, t in ls[:-1] if t.startswith("step=")]}
+                       for o, s, ls in zip(outs, specs, lines)]
         ex.close()
         res["closed_left"] = _left(client, args.run_tag, timeout=30)
 

@@ -141,6 +141,14 @@ def test_each_ray_slot_starts_its_trial_s_containers_ahead_and_close_removes_the
 
 
 @pytest.mark.docker
+def test_a_ray_trial_s_log_lines_reach_the_head_while_it_runs_each_once_in_order(ray_run):
+    for t in ray_run["pair"]:
+        assert t["returned_after_first_line_s"] > 1.0, t             # polled live, not replayed at the end
+        steps = t["steps"]                                              # train.py logs every LOG_EVERY steps
+        assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == MAX_STEPS, steps   # once, in order
+
+
+@pytest.mark.docker
 def test_gpu_trials_get_one_gpu_each_on_different_workers(ray_run):
     gpu = ray_run["gpu"]
     workers = {w["node_id"][:6] for w in ray_run["workers"]}

@@ -6,6 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+import runner.ray_node as ray_node
+from runner.ray_executor import _Live
+from runner.ray_node import Log
 from runner.ray_slots import SlotPool
 
 
@@ -81,10 +84,10 @@ def _until(cond, timeout=5.0):
     return cond()
 
 
-def test_each_slot_asks_ray_for_one_trial_s_resources_and_no_restart():
+def test_each_slot_asks_ray_for_one_trial_s_resources_no_restart_and_a_second_thread_for_progress():
     ray = _FakeRay()
     _pool(ray)
-    assert ray.options_seen == {"max_restarts": 0, "max_task_retries": 0, "num_cpus": 1.0}
+    assert ray.options_seen == {"max_restarts": 0, "max_task_retries": 0, "max_concurrency": 2, "num_cpus": 1.0}
     assert len(ray.actors) == 2
 
 
@@ -94,6 +97,9 @@ def test_a_slot_ray_has_not_placed_is_never_handed_out():
     pool = _pool(ray, n=1)
     assert pool.take(0.4) is None
     assert pool.wait_placed(0.2) == 0
+    t = time.monotonic()
+    assert pool.wait_placed(60, want=0) == 0 and time.monotonic() - t < 1   # start() waits for no more than the
+                                                                             # cluster holds
     ray.actors[0].placed.set()
     assert pool.take(5) is ray.actors[0]
     assert pool.placed() == 1
@@ -151,3 +157,32 @@ def test_a_lost_slot_is_killed_and_a_new_one_asked_for():
     pool.close()
     pool.lose(b)                                                    # after close: nothing new is asked for
     assert len(ray.actors) == 2
+
+
+def test_a_trial_s_lines_reach_the_head_once_each_in_order_whether_polled_or_in_the_answer():
+    log, got, phases = Log(), [], []
+    live = _Live(got.append, phases.append)
+    log.begin("7")
+    live.feed(log.since("7", live.n_lines, live.n_phases))          # a poll before anything came
+    log.phase("training")
+    for i in range(5):
+        log.line(f"a{i}")
+    live.feed(log.since("7", live.n_lines, live.n_phases))
+    live.feed(log.since("7", live.n_lines, live.n_phases))          # a poll with nothing new
+    log.line("b")
+    log.phase("evaluating")
+    live.feed(log.since("7", 0, 0), whole=True)                     # the answer: everything, the rest handed over
+    assert got == ["a0", "a1", "a2", "a3", "a4", "b"] and phases == ["training", "evaluating"]
+    assert log.since("8", 3, 1) == {"lines": [], "lines_total": 3, "phases": []}   # another trial's poll: nothing
+
+
+def test_a_flood_of_lines_keeps_the_newest_and_counts_the_rest(monkeypatch):
+    monkeypatch.setattr(ray_node, "MAX_LOG_LINES", 3)
+    log, got = Log(), []
+    live = _Live(got.append, None)
+    log.begin("7")
+    for i in range(9):
+        log.line(str(i))
+    assert log.dropped == 3 and log.lines == [str(i) for i in range(3, 9)]
+    live.feed(log.since("7", 0, 0), whole=True)
+    assert got == ["6", "7", "8"] and live.n_lines == 9                 # at most MAX_LOG_LINES a message
