@@ -4,7 +4,7 @@ here, written to a scratch dir and handed to the node's hardened train container
 
     node_trial(job)    ensure image + data, run the trial, send back the outcome, result.json, log lines, phases
     node_prepare(job)  ensure image + data only (the head calls it on every node at start)
-    node_cleanup(tag)  remove a dead run's containers and volumes on this node's engine
+    node_cleanup(tag)  remove a dead run's containers and volumes on this node's engine, and its dirs in the cache
     NodeSlot(job)      a run's slot on this node (a Ray actor that holds the slot's resources for the run's life):
                        .trial(job) is node_trial with the next trial's containers started ahead, as on one host
                        (runner.sandbox.slot.Standby); .progress(...) the running trial's new log lines and
@@ -46,7 +46,7 @@ def node_trial(job: dict, slot: NodeSlot | None = None) -> dict:
         ready = _ensure(client, job)
         if ready.get("need") or ready.get("error"):
             return {**(_infra(ready["error"]) if ready.get("error") else ready), "slot": name}
-        work = _cache() / "trials" / f"{job['run_tag']}-{job['trial_id']}-{uuid.uuid4().hex[:6]}"
+        work = _cache() / "trials" / job["run_tag"] / f"{job['trial_id']}-{uuid.uuid4().hex[:6]}"
         cand = work / "candidate"
         cand.mkdir(parents=True)
         if job["train_py"] is not None:
@@ -117,7 +117,7 @@ class NodeSlot:
         from .sandbox import preflight, watchdog
         watchdog.DETACH = True
         self.name, self.client, self.standby, self.error = _slot_name(), None, None, ""
-        self.base = _cache() / "slots" / f"{job['run_tag']}-{uuid.uuid4().hex[:8]}"
+        self.base = _cache() / "slots" / job["run_tag"] / uuid.uuid4().hex[:8]
         self.cores, self._claim = None, None      # the cpuset this slot pinned, and the open file holding it
         self.log = Log()                           # the trial's, as it runs (the head polls it: progress())
         try:
@@ -197,8 +197,13 @@ def node_prepare(job: dict) -> dict:
 
 
 def node_cleanup(run_tag: str) -> int:
+    """The run's containers and volumes on this node's engine (how many), and its trial and slot dirs in the node
+    cache (what a killed slot or task left there)."""
     from .sandbox import cleanup
-    return cleanup.remove_leftovers(run_tag=run_tag)
+    removed = cleanup.remove_leftovers(run_tag=run_tag)
+    for kind in ("trials", "slots"):
+        shutil.rmtree(_cache() / kind / run_tag, ignore_errors=True)
+    return removed
 
 
 def _ensure(client, job: dict) -> dict:

@@ -279,7 +279,11 @@ def drive(args) -> dict:
         th.join()
         res["killed"] = {**brief(box[0], s), **killed}
         ex.close()
+        survivor = next(w for w in cluster.workers if w["node_id"] != killed.get("killed_node"))
+        planted = Path(survivor["cache"], "slots", args.run_tag, "dead")     # as a killed slot leaves it
+        planted.mkdir(parents=True)
         res["leftovers_removed"] = RayExecutor(cluster.address).remove_leftovers(args.run_tag)
+        res["planted_dir_left"] = planted.exists()
     return res
 
 
@@ -322,7 +326,7 @@ def _kill_when_training(cluster: Cluster, client, run_tag: str, trial_id: str, t
     if (train := _training(client, run_tag, timeout)) is not None:
         train.reload()
         for i, w in enumerate(cluster.workers):
-            if any(Path(w["cache"], "trials").glob(f"{run_tag}-{trial_id}-*")):
+            if any(Path(w["cache"], "trials", run_tag).glob(f"{trial_id}-*")):
                 os.kill(cluster.raylet_pid(i), signal.SIGKILL)
                 return {"killed_worker": i, "killed_node": w["node_id"],
                         "killed_cpuset": train.attrs["HostConfig"].get("CpusetCpus")}

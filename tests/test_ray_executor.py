@@ -185,6 +185,7 @@ def test_a_worker_killed_mid_trial_runs_the_trial_again_elsewhere(ray_run):
     assert "result.json" in killed["files"]
     # the lost attempt's containers went with its watchdog (detached from the dead Ray worker), not at the end
     assert ray_run["leftovers_removed"] == 0
+    assert not ray_run["planted_dir_left"]          # remove_leftovers also clears the run's dirs in a node's cache
 
 
 @pytest.mark.docker
