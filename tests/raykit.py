@@ -15,6 +15,7 @@ cluster and writes their results as JSON; the test asserts on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -268,6 +269,15 @@ def drive(args) -> dict:
         res["stopped"] = {**(brief(box[0], s) if box else {"status": None}), "training_seen": seen,
                           "returned_s": round(returned_s, 2), "gone_s": _gone(client, args.run_tag, t, timeout=120)}
 
+        # the head killed (-9) mid-trial: Ray ends the dead driver's slots, and their watchdogs every container
+        head = subprocess.Popen([sys.executable, "-c", HEAD, cluster.address, args.image, args.data, args.candidate,
+                                 args.run_tag, str(args.max_steps), str(work / "head-killed")], cwd=REPO)
+        seen = _training(client, args.run_tag) is not None
+        head.kill()
+        t = time.monotonic()
+        head.wait()
+        res["head_killed"] = {"training_seen": seen, "gone_s": _gone(client, args.run_tag, t, timeout=120)}
+
         # a worker killed mid-trial: the trial runs again in the run's slot on the other one and comes back once
         killed: dict = {}
         ex = started()
@@ -287,26 +297,46 @@ def drive(args) -> dict:
     return res
 
 
+# a head of its own (another Ray driver): start a run's slots and train one trial, until it is killed
+HEAD = """
+import sys
+from pathlib import Path
+from runner.executor import TrialSpec
+from runner.ray_executor import RayExecutor
+from tests.raykit import ray_policy
+address, image, data, cand, tag, steps, work = sys.argv[1:]
+pol = ray_policy(int(steps))
+ex = RayExecutor(address)
+ex.start(pol, image=image, data_dir=Path(data), run_tag=tag, work_dir=Path(work))
+ex.run(TrialSpec(run_tag=tag, trial_id="head-killed", candidate_dir=Path(cand), data_dir=Path(data), policy=pol,
+                 image=image, seed=1337, work_dir=Path(work)))
+"""
+
+
 def _left(client, run_tag: str, timeout: float) -> list[str]:
     """The names of the run's containers still there after up to `timeout` s."""
     from runner.sandbox.spec import LABEL_RUN
     deadline = time.monotonic() + timeout
-    while (left := client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_tag}"})) and \
+    while (left := client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_RUN}={run_tag}"})) and \
             time.monotonic() < deadline:
         time.sleep(0.5)
-    return [c.name for c in left]
+    return [c.id[:12] for c in left]
 
 
 def _training(client, run_tag: str, timeout: float = 180):
     """The run's running train container once train.py runs in it (None after `timeout` s). The scenarios that
     look for it run one trial at a time; a slot started ahead carries no trial id, only the run's tag."""
+    import docker.errors
+
     from runner.sandbox.spec import LABEL_ROLE, LABEL_RUN
     from trainer.contract import LAUNCHED_LINE
+    labels = {"label": [f"{LABEL_RUN}={run_tag}", f"{LABEL_ROLE}=train"]}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for c in client.containers.list(filters={"label": [f"{LABEL_RUN}={run_tag}", f"{LABEL_ROLE}=train"]}):
-            if LAUNCHED_LINE.encode() in c.logs():
-                return c
+        for c in client.containers.list(sparse=True, filters=labels):     # sparse: no inspect of a dying one
+            with contextlib.suppress(docker.errors.NotFound):
+                if LAUNCHED_LINE.encode() in c.logs():
+                    return c
         time.sleep(0.2)
     return None
 
@@ -315,7 +345,8 @@ def _gone(client, run_tag: str, since: float, timeout: float) -> float | None:
     """Seconds from `since` until no container of the run is left (None: some still there after `timeout`)."""
     from runner.sandbox.spec import LABEL_RUN
     while time.monotonic() < since + timeout:
-        if not client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_tag}"}):
+        # sparse: no inspect per container (one being removed meanwhile would raise NotFound)
+        if not client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_RUN}={run_tag}"}):
             return round(time.monotonic() - since, 2)
         time.sleep(0.2)
     return None

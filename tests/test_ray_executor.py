@@ -198,3 +198,13 @@ def test_a_stop_cancels_the_trial_in_flight_and_leaves_no_container(ray_run):
     assert stopped["returned_s"] < 30, f"run() returned {stopped['returned_s']} s after close()"
     assert stopped["gone_s"] is not None and stopped["gone_s"] < 60, \
         f"the stopped trial's containers were still there {stopped['gone_s']} s after close()"
+
+
+@pytest.mark.docker
+def test_a_head_killed_mid_trial_leaves_no_container_on_the_nodes(ray_run):
+    """kill -9 of the runner: Ray ends the slots the dead driver owned, and each slot's watchdog (detached from the
+    actor) removes its containers: the trial's and the ones started ahead."""
+    killed = ray_run["head_killed"]
+    assert killed["training_seen"], "the head's trial never started training"
+    assert killed["gone_s"] is not None and killed["gone_s"] < 60, \
+        f"the dead head's containers were still there {killed['gone_s']} s after kill -9"
