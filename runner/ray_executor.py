@@ -33,7 +33,8 @@ Contracts
 - What comes back: the TrialOutcome (outcome.slot = "node-<6 hex of the node id>[/gpuN]"), result.json, the
   model when spec.keep_model, and the train log's lines. The head writes train.py, result.json (and model.pt2) into
   spec.work_dir as the Docker executor does. on_phase and on_line hear the phases and lines of a trial in a slot
-  as they come (the head polls the slot every LIVE_S), each once and in order; a plain task's AFTER it returns.
+  as they come (the head polls the slot every ray_slots.LIVE_S), each once and in order; a plain task's when it
+  returns.
 - close() (the loop's unwind on a stop signal) lets idle slots remove their containers, kills every slot actor
   and cancels every trial task in flight (ray.cancel, force: the task's worker process is killed); each run() in
   flight returns `infra` at once, its containers removed by their slot's watchdog as for a lost node, and no run()
@@ -59,13 +60,13 @@ from pathlib import Path
 from .errors import UserError
 from .executor import OnLine, OnPhase, TrialOutcome, TrialSpec
 from .ray_node import _infra, _one_line, _write, node_cleanup, node_prepare, node_trial
+from .ray_slots import Live, follow
 
 NODE_RESOURCE = "autoresearch_docker"      # custom resource a node advertises when it can run trials
 NODE_SHARE = 0.001                         # of NODE_RESOURCE per trial: up to 1000 trials per node
 MAX_ATTEMPTS = 3                           # a trial's tries when nodes are lost under it
 SLOTS_PLACED_S = 60                        # start() waits this long for Ray to place the run's slots (a full
                                            # cluster: the trials wait for the slots placed later)
-LIVE_S = 1.0                               # how often a trial's slot is polled for new log lines and phases
 NODE_ALLOWANCE_S = 600                     # beyond train deadline + eval timeout: slot start, image load, copies
 _LOST = ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
          "ObjectFetchTimedOutError", "ReferenceCountingAssertionError", "RaySystemError", "ActorDiedError",
@@ -164,7 +165,7 @@ class RayExecutor:
         wait_s = spec.policy.train.deadline_seconds + spec.policy.eval.timeout_seconds + NODE_ALLOWANCE_S
         pool = self._pool if self._pool is not None and self._pool.resources == trial_resources(spec.policy) else None
         lost: list[str] = []
-        answer, live = None, _Live(on_line, on_phase)
+        answer, live = None, Live(on_line, on_phase)
         while answer is None and len(lost) < MAX_ATTEMPTS:
             try:
                 answer = (self._on_slot(pool, job, wait_s, live) if pool else
@@ -298,9 +299,9 @@ class RayExecutor:
             job = self._ship(job, set(answer["need"]))
         return _infra(f"node {answer.get('slot')} still lacks {answer['need']} after shipping")
 
-    def _on_slot(self, pool, job: dict, wait_s: float, live: _Live) -> dict:
+    def _on_slot(self, pool, job: dict, wait_s: float, live: Live) -> dict:
         """One attempt in a free slot of the run (and once more with the image/data shipped if its node lacked
-        them), its log lines and phases handed to `live` as they come (a poll every LIVE_S). A slot that dies
+        them), its log lines and phases handed to `live` as they come (ray_slots.follow). A slot that dies
         under it (a lost node) or does not answer is replaced, and the error raised."""
         actor = pool.take(wait_s)
         if actor is None:
@@ -309,7 +310,7 @@ class RayExecutor:
         try:
             for _ in range(2):
                 try:
-                    answer = self._follow(actor, actor.trial.remote(job), job["trial_id"], wait_s, live)
+                    answer = follow(self.ray, actor, actor.trial.remote(job), job["trial_id"], wait_s, live)
                 except Exception:
                     pool.lose(actor)
                     actor = None
@@ -321,20 +322,6 @@ class RayExecutor:
         finally:
             if actor is not None:
                 pool.give_back(actor)
-
-    def _follow(self, actor, ref, trial_id: str, wait_s: float, live: _Live) -> dict:
-        """The answer of a trial running in `actor`, polling its progress meanwhile."""
-        ray, deadline = self.ray, time.monotonic() + wait_s
-        live.n_lines = live.n_phases = 0              # an attempt again (a lost node): its own lines, from the start
-        while not ray.wait([ref], timeout=LIVE_S)[0]:
-            if time.monotonic() > deadline:
-                raise ray.exceptions.GetTimeoutError(f"no answer from the Ray slot within {wait_s:.0f} s")
-            if live.wanted:
-                try:
-                    live.feed(ray.get(actor.progress.remote(trial_id, live.n_lines, live.n_phases), timeout=30))
-                except ray.exceptions.RayError:      # slow, or the slot died: the trial's own answer says which
-                    pass
-        return ray.get(ref)
 
     def _task(self, kind: str, node_id: str | None = None, locked: bool = False, **options):
         """The remote function (registered once) with per-call options; node_id pins a zero-CPU helper task.
@@ -359,28 +346,6 @@ class RayExecutor:
 
 
 # --------------------------------------------------------------------------- helpers
-
-class _Live:
-    """Hands a trial's log lines and phases to run()'s callbacks once each, in order: from the polls of its slot
-    while it runs, then what is left from its answer (runner.ray_node.Log.since: `lines_total` counts them all)."""
-
-    def __init__(self, on_line: OnLine | None, on_phase: OnPhase | None):
-        self.on_line, self.on_phase, self.n_lines, self.n_phases = on_line, on_phase, 0, 0
-        self.wanted = on_line is not None or on_phase is not None
-
-    def feed(self, part: dict, whole: bool = False) -> None:
-        """part: new lines and phases (a poll), or all of them (whole: the answer)."""
-        lines = part.get("lines") or []
-        total = part.get("lines_total", len(lines))
-        if total > self.n_lines:
-            for line in lines[-(total - self.n_lines):] if self.on_line else []:
-                self.on_line(line)
-            self.n_lines = total
-        phases = (part.get("phases") or [])[self.n_phases if whole else 0:]
-        for name in phases if self.on_phase else []:
-            self.on_phase(name)
-        self.n_phases += len(phases)
-
 
 def _read_regular(path: Path, cap: int) -> bytes | None:
     """The file's bytes if it is a regular file (not a link); None otherwise. Over `cap`: the first cap+1 bytes

@@ -10,6 +10,9 @@ started ahead as on one host. TRUSTED CODE (the head). runner/ray_executor.py us
                                                # and a new one asked for (Ray places it where there is room)
     pool.close()                               # idle slots remove their containers; then every actor is killed
 
+    live = Live(on_line, on_phase)             # a trial's lines and phases, each handed over once, in order
+    answer = follow(ray, actor, actor.trial.remote(job), trial_id, wait_s, live)   # polls its progress meanwhile
+
 Contracts: a slot is handed out only once Ray has placed and started it (an actor Ray cannot place yet, because the
 cluster is full, waits and is handed out when it can); one trial at a time per slot. After close(), take() returns
 None at once, to every caller waiting in it. A killed actor's containers go with its watchdogs (detached from it).
@@ -21,8 +24,10 @@ import queue
 import threading
 import time
 
+from .executor import OnLine, OnPhase
 from .ray_node import NodeSlot
 
+LIVE_S = 1.0                 # how often a trial's slot is polled for its new log lines and phases
 CLOSE_WAIT_S = 30.0          # how long close() lets idle slots remove their containers before killing them
 POLL_S = 0.2
 
@@ -113,3 +118,41 @@ class SlotPool:
         for actor in actors:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor, no_restart=True)
+
+
+def follow(ray, actor, ref, trial_id: str, wait_s: float, live: Live) -> dict:
+    """The answer of trial `trial_id` running in `actor` (ref: its trial() call), polling the actor's progress()
+    every LIVE_S meanwhile; GetTimeoutError after wait_s."""
+    deadline = time.monotonic() + wait_s
+    live.n_lines = live.n_phases = 0                 # an attempt again (a lost node): its own lines, from the start
+    while not ray.wait([ref], timeout=LIVE_S)[0]:
+        if time.monotonic() > deadline:
+            raise ray.exceptions.GetTimeoutError(f"no answer from the Ray slot within {wait_s:.0f} s")
+        if live.wanted:
+            try:
+                live.feed(ray.get(actor.progress.remote(trial_id, live.n_lines, live.n_phases), timeout=30))
+            except ray.exceptions.RayError:          # slow, or the slot died: the trial's own answer says which
+                pass
+    return ray.get(ref)
+
+
+class Live:
+    """Hands a trial's log lines and phases to run()'s callbacks once each, in order: from the polls of its slot
+    while it runs, then what is left from its answer (runner.ray_node.Log.since: `lines_total` counts them all)."""
+
+    def __init__(self, on_line: OnLine | None, on_phase: OnPhase | None):
+        self.on_line, self.on_phase, self.n_lines, self.n_phases = on_line, on_phase, 0, 0
+        self.wanted = on_line is not None or on_phase is not None
+
+    def feed(self, part: dict, whole: bool = False) -> None:
+        """part: new lines and phases (a poll), or all of them (whole: the answer)."""
+        lines = part.get("lines") or []
+        total = part.get("lines_total", len(lines))
+        if total > self.n_lines:
+            for line in lines[-(total - self.n_lines):] if self.on_line else []:
+                self.on_line(line)
+            self.n_lines = total
+        phases = (part.get("phases") or [])[self.n_phases if whole else 0:]
+        for name in phases if self.on_phase else []:
+            self.on_phase(name)
+        self.n_phases += len(phases)

@@ -7,9 +7,8 @@ import threading
 import time
 
 import runner.ray_node as ray_node
-from runner.ray_executor import _Live
 from runner.ray_node import Log
-from runner.ray_slots import SlotPool
+from runner.ray_slots import Live, SlotPool
 
 
 class _Ref:
@@ -161,7 +160,7 @@ def test_a_lost_slot_is_killed_and_a_new_one_asked_for():
 
 def test_a_trial_s_lines_reach_the_head_once_each_in_order_whether_polled_or_in_the_answer():
     log, got, phases = Log(), [], []
-    live = _Live(got.append, phases.append)
+    live = Live(got.append, phases.append)
     log.begin("7")
     live.feed(log.since("7", live.n_lines, live.n_phases))          # a poll before anything came
     log.phase("training")
@@ -179,7 +178,7 @@ def test_a_trial_s_lines_reach_the_head_once_each_in_order_whether_polled_or_in_
 def test_a_flood_of_lines_keeps_the_newest_and_counts_the_rest(monkeypatch):
     monkeypatch.setattr(ray_node, "MAX_LOG_LINES", 3)
     log, got = Log(), []
-    live = _Live(got.append, None)
+    live = Live(got.append, None)
     log.begin("7")
     for i in range(9):
         log.line(str(i))
