@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trial", type=int)
     p.add_argument("--tag")
     p.add_argument("--verbose", action="store_true", help="show the trial's progress")
-    p = add("doctor", cmd_doctor, "check the engine, image, data, GPU runtime and endpoint")
+    p = add("doctor", cmd_doctor, "check the engine, image, data, GPU runtime, endpoint and Ray cluster")
     p.add_argument("--policy")
     p.add_argument("--data", type=Path)
     p.add_argument("--image")

@@ -1,9 +1,10 @@
 """`autoresearch doctor`: everything a run needs, checked one by one, each failure with its fix. TRUSTED CODE.
 
-Checks: the experiment repository (a commit holding the allowed files), the Docker engine and its API, the
-trial image, the NVIDIA runtime when the policy wants a GPU (these three from runner.sandbox.preflight), the
-prepared data (manifest present, every file's sha256 verified), and, for the openai proposer, the endpoint
-(answers /models within a few seconds, and lists the policy's model when it offers a list).
+Checks: the experiment repository (a commit holding the allowed files), the Docker engine and its API, the trial
+image, the NVIDIA runtime when the policy wants a GPU (these three from runner.sandbox.preflight), for the ray
+executor the cluster (it answers, and its nodes with a Docker engine hold a trial), the prepared data (manifest
+present, every file's sha256 verified), and, for the openai proposer, the endpoint (answers /models within a few
+seconds, and lists the policy's model when it offers a list).
 
 `before_run` is what `run` checks before it makes anything (a branch, run.json, a container) and on --resume
 before it continues: the endpoint (openai proposer only), the engine against the policy (the Docker executor
@@ -109,6 +110,30 @@ def check_endpoint(policy: Policy) -> PreflightCheck:
     return PreflightCheck("endpoint", True, f"{where} answers; model {cfg.model!r}")
 
 
+def check_cluster(policy: Policy) -> PreflightCheck:
+    """The ray executor's cluster: Ray installed, the address answers, and its nodes with a Docker engine hold at
+    least one trial of the policy's size."""
+    from .ray_executor import NODE_RESOURCE, RayExecutor, node_capacity, trial_resources
+    where = policy.executor.address or "auto"
+    try:
+        ex = RayExecutor(policy.executor.address)
+        ex._connect()
+        nodes = ex.docker_nodes()
+    except UserError as e:
+        return PreflightCheck("cluster", False, str(e))  # it names its own fix
+    want = trial_resources(policy)
+    held = sum(node_capacity(n["Resources"], want) for n in nodes)
+    if not held:
+        why = f"none of its nodes advertises {NODE_RESOURCE}" if not nodes else \
+            f"its {len(nodes)} node(s) with a Docker engine cannot hold one trial ({want['num_cpus']:g} CPUs" + \
+            (", 1 GPU" if want.get("num_gpus") else "") + ")"
+        start = f"ray start --address HEAD:PORT --resources '{{\"{NODE_RESOURCE}\": 1}}'"
+        return PreflightCheck("cluster", False, f"Ray cluster at {where}: {why}",
+                              f"start nodes with `{start}` (docs/scaling.md), or lower limits.cpus")
+    return PreflightCheck("cluster", True, f"Ray cluster at {where}: {len(nodes)} node(s) with a Docker engine hold "
+                                           f"{held} trial(s) at once")
+
+
 def _cause(e: BaseException) -> str:
     """The innermost cause of a connection error, as a person reads it: "connection refused" rather than the
     client's "Connection error."."""
@@ -125,6 +150,8 @@ def checks(repo: Path, policy: Policy, data: Path | None, image: str | None, pro
     out += engine
     if image is None and policy.image is None and all(c.ok for c in engine if c.name in ("engine", "api")):
         out.append(_built_image(policy))
+    if policy.executor.kind == "ray":
+        out.append(check_cluster(policy))
     out.append(check_data(data))
     if proposer == "openai":
         out.append(check_endpoint(policy))

@@ -67,6 +67,7 @@ NODE_SHARE = 0.001                         # of NODE_RESOURCE per trial: up to 1
 MAX_ATTEMPTS = 3                           # a trial's tries when nodes are lost under it
 SLOTS_PLACED_S = 60                        # start() waits this long for Ray to place the run's slots (a full
                                            # cluster: the trials wait for the slots placed later)
+REACH_S = 5.0                              # the cluster's address must accept a connection within this
 NODE_ALLOWANCE_S = 600                     # beyond train deadline + eval timeout: slot start, image load, copies
 _LOST = ("NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
          "ObjectFetchTimedOutError", "ReferenceCountingAssertionError", "RaySystemError", "ActorDiedError",
@@ -237,6 +238,8 @@ class RayExecutor:
         with _CONNECT:
             if ray.is_initialized():
                 return
+            if self.address and self.address != "auto":
+                _reachable(self.address)      # ray.init retries an address nobody listens on for minutes
             try:
                 ray.init(address=self.address or "auto", log_to_driver=False, logging_level="WARNING")
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -346,6 +349,19 @@ class RayExecutor:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _reachable(address: str, timeout_s: float = REACH_S) -> None:
+    """A one-line UserError unless something accepts a TCP connection at the cluster's address (host:port)."""
+    import socket
+    host, _, port = address.split("://")[-1].rpartition(":")          # also ray://HOST:PORT (Ray Client)
+    fix = "start it (`ray start --head --port PORT`) or fix executor.address in the policy"
+    if not host or not port.isdigit():
+        raise UserError(f"executor.address {address!r} is not HOST:PORT; {fix}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {e.strerror or _one_line(e)}; {fix}") from None
+
 
 def _read_regular(path: Path, cap: int) -> bytes | None:
     """The file's bytes if it is a regular file (not a link); None otherwise. Over `cap`: the first cap+1 bytes

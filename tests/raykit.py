@@ -216,6 +216,14 @@ def drive(args) -> dict:
 
     with Cluster(workers=2, root=Path(args.root)) as cluster:
         res["workers"] = cluster.workers
+        # `autoresearch doctor` on this cluster: a trial of one core fits (on both workers), one of four does not
+        from dataclasses import asdict
+
+        from runner.doctor import check_cluster
+        on_ray = pol.model_copy(update={"executor": pol.executor.model_copy(update={"kind": "ray",
+                                                                                    "address": cluster.address})})
+        big = on_ray.model_copy(update={"limits": on_ray.limits.model_copy(update={"cpus": 4.0})})
+        res["doctor"] = [asdict(check_cluster(on_ray)), asdict(check_cluster(big))]
         # two trials at once: one per worker, each in its run's slot (an actor holding the worker's CPU), whose
         # containers were started ahead
         t = time.monotonic()

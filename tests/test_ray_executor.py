@@ -50,6 +50,36 @@ def test_without_ray_a_one_line_user_error(monkeypatch):
         make("ray", "127.0.0.1:6379")
 
 
+def test_a_cluster_address_nobody_listens_on_is_a_one_line_user_error_at_once():
+    """Without the check, ray.init retried such an address for minutes (it hung here for over 200 s)."""
+    pytest.importorskip("ray", reason="Ray is optional: pip install .[ray]")
+    import socket
+    import time
+    with socket.socket() as s:                   # a loopback port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ex = make("ray", f"127.0.0.1:{port}")
+    t = time.monotonic()
+    with pytest.raises(UserError, match=rf"^cannot reach the Ray cluster at 127\.0\.0\.1:{port}: .*; start it ") as e:
+        ex.remove_leftovers("x")
+    assert time.monotonic() - t < 10 and "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"^executor\.address 'nowhere' is not HOST:PORT; start it"):
+        make("ray", "nowhere").remove_leftovers("x")
+
+
+def test_doctor_names_a_cluster_nobody_listens_on_and_the_fix():
+    pytest.importorskip("ray", reason="Ray is optional: pip install .[ray]")
+    import socket
+
+    from runner.doctor import check_cluster
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = check_cluster(policy(executor={"kind": "ray", "address": f"127.0.0.1:{port}"}))
+    assert c.name == "cluster" and not c.ok
+    assert c.detail.startswith(f"cannot reach the Ray cluster at 127.0.0.1:{port}") and "ray start --head" in c.detail
+
+
 # --------------------------------------------------------------------------- on a real cluster
 
 @pytest.fixture(scope="module")
@@ -208,3 +238,11 @@ def test_a_head_killed_mid_trial_leaves_no_container_on_the_nodes(ray_run):
     assert killed["training_seen"], "the head's trial never started training"
     assert killed["gone_s"] is not None and killed["gone_s"] < 60, \
         f"the dead head's containers were still there {killed['gone_s']} s after kill -9"
+
+
+@pytest.mark.docker
+def test_doctor_says_what_the_cluster_holds_and_when_a_trial_cannot_fit(ray_run):
+    fits, too_big = ray_run["doctor"]
+    assert fits["ok"] and fits["detail"].endswith("2 node(s) with a Docker engine hold 2 trial(s) at once"), fits
+    assert not too_big["ok"] and "cannot hold one trial (4 CPUs)" in too_big["detail"], too_big
+    assert "ray start --address" in too_big["fix"]
