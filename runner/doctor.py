@@ -116,9 +116,7 @@ def check_cluster(policy: Policy) -> PreflightCheck:
     from .ray_executor import NODE_RESOURCE, RayExecutor, node_capacity, trial_resources
     where = policy.executor.address or "auto"
     try:
-        ex = RayExecutor(policy.executor.address)
-        ex._connect()
-        nodes = ex.docker_nodes()
+        nodes = RayExecutor(policy.executor.address).docker_nodes()
     except UserError as e:
         return PreflightCheck("cluster", False, str(e))  # it names its own fix
     want = trial_resources(policy)

@@ -30,7 +30,7 @@ Contracts
   for the run; a trial runs in a free one, which keeps the next trial's containers started ahead on its node as
   the Docker executor does on one host (the slot is bound to that node). A trial that asks for other resources
   than the run's (or any trial before start()) is one plain Ray task, whose node starts its containers then.
-- What comes back: the TrialOutcome (outcome.slot = "node-<6 hex of the node id>[/gpuN]"), result.json, the
+- What comes back: the TrialOutcome (outcome.slot = "node-<6 hex of the node id>[/gpuN or /cpuK]"), result.json, the
   model when spec.keep_model, and the train log's lines. The head writes train.py, result.json (and model.pt2) into
   spec.work_dir as the Docker executor does. on_phase and on_line hear the phases and lines of a trial in a slot
   as they come (the head polls the slot every ray_slots.LIVE_S), each once and in order; a plain task's when it
@@ -60,7 +60,7 @@ from pathlib import Path
 from .errors import UserError
 from .executor import OnLine, OnPhase, TrialOutcome, TrialSpec
 from .ray_node import _infra, _one_line, _write, node_cleanup, node_prepare, node_trial
-from .ray_slots import Live, follow
+from .ray_slots import Live, SlotPool, follow
 
 NODE_RESOURCE = "autoresearch_docker"      # custom resource a node advertises when it can run trials
 NODE_SHARE = 0.001                         # of NODE_RESOURCE per trial: up to 1000 trials per node
@@ -141,7 +141,6 @@ class RayExecutor:
             raise UserError(f"no node of the Ray cluster can hold one trial ({want}); lower limits.cpus/memory")
         self.slots = policy.slots if policy.slots > 1 else capacity
         self.prepared = self.prepare_nodes(image, Path(data_dir))
-        from .ray_slots import SlotPool
         if self._pool is not None:
             self._pool.close()
         job = {**self._pins(image, Path(data_dir)), "run_tag": run_tag, "policy": policy.model_dump()}
@@ -215,7 +214,9 @@ class RayExecutor:
 
     # ----------------------------------------------------------------- head side
     def docker_nodes(self) -> list[dict]:
-        """The live nodes that advertise NODE_RESOURCE (ray.nodes() entries)."""
+        """The live nodes that advertise NODE_RESOURCE (ray.nodes() entries); connects first (UserError: no
+        cluster there)."""
+        self._connect()
         return [n for n in self.ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(NODE_RESOURCE)]
 
     def prepare_nodes(self, image: str, data_dir: Path) -> list[dict]:

@@ -80,7 +80,7 @@ class SlotPool:
                 actor = self._free.get(timeout=POLL_S)
             except queue.Empty:
                 continue
-            if actor is not None and not self.closed:
+            if not self.closed:
                 return actor
         return None
 
@@ -111,7 +111,7 @@ class SlotPool:
                     idle.append(self._free.get_nowait())
                 except queue.Empty:
                     break
-        refs = [a.close.remote() for a in idle if a is not None]
+        refs = [a.close.remote() for a in idle]
         deadline = time.monotonic() + CLOSE_WAIT_S
         while refs and time.monotonic() < deadline:          # in slices: a second stop signal is seen at once
             _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=POLL_S)

@@ -262,6 +262,9 @@ def drive(args) -> dict:
         res["mismatch"] = brief(mis.run(spec("mismatch", args.mismatch_tag)), spec("mismatch", args.mismatch_tag))
         mis.close()
 
+        # the research loop itself on the cluster (executor: ray in its policy): a baseline and two candidates
+        res["loop"] = _loop_on(cluster.address, args)
+
         # the head stops mid-trial (a signal unwinds the loop, which closes its executor): the slots are killed,
         # run() returns at once and every container of the run goes (before remove_leftovers below looks)
         stop = started()
@@ -303,6 +306,31 @@ def drive(args) -> dict:
         res["leftovers_removed"] = RayExecutor(cluster.address).remove_leftovers(args.run_tag)
         res["planted_dir_left"] = planted.exists()
     return res
+
+
+def _loop_on(address: str, args) -> dict:
+    """A loop run with the ray executor: per trial its slot, whether that slot was started ahead, its train.log's
+    size; and the containers of the run left after it."""
+    import docker
+
+    from runner.ledger import Ledger
+    from runner.loop import Loop
+    from runner.proposers.mutate import MutateProposer
+    from runner.runs import RunConfig
+    from runner.workspace import init_repo
+    pol = ray_policy(args.max_steps)
+    pol = pol.model_copy(update={"executor": pol.executor.model_copy(update={"kind": "ray", "address": address})})
+    repo, tag = Path(args.root) / "loop-repo", f"{args.run_tag}-loop"
+    init_repo(repo, {"train.py": Path(args.candidate, "train.py").read_text(), "program.md": "Lower val_bpb.\n",
+                     ".gitignore": "runs/\n"})
+    Loop(RunConfig(repo=repo, tag=tag, data_dir=Path(args.data), policy=pol, max_trials=2, image=args.image),
+         proposer=MutateProposer()).run()
+    trials = [{"trial": r.trial, "status": r.status, "slot": r.slot,
+               "ahead": bool(r.trial_timings.get("slot_prestarted")),
+               "log_bytes": sum(f.stat().st_size for f in (repo / "runs" / tag / "trials" / str(r.trial))
+                                .rglob("train.log"))}
+              for r in Ledger(repo / "runs" / tag).records()]
+    return {"trials": trials, "left": _left(docker.from_env(), tag, timeout=30)}
 
 
 # a head of its own (another Ray driver): start a run's slots and train one trial, until it is killed

@@ -246,3 +246,17 @@ def test_doctor_says_what_the_cluster_holds_and_when_a_trial_cannot_fit(ray_run)
     assert fits["ok"] and fits["detail"].endswith("2 node(s) with a Docker engine hold 2 trial(s) at once"), fits
     assert not too_big["ok"] and "cannot hold one trial (4 CPUs)" in too_big["detail"], too_big
     assert "ray start --address" in too_big["fix"]
+
+
+@pytest.mark.docker
+def test_the_research_loop_runs_on_the_cluster_in_slots_started_ahead(ray_run):
+    """`executor: {kind: ray}` in a run's policy: the baseline and two candidates, each recorded once, each in a
+    node's slot pinned to a core and started ahead, each with its train.log (the lines came live), nothing left."""
+    loop = ray_run["loop"]
+    trials = loop["trials"]
+    assert sorted(t["trial"] for t in trials) == [0, 1, 2], trials
+    assert all(t["status"] in ("keep", "discard") for t in trials), trials
+    assert all(t["slot"].startswith("node-") and t["slot"].split("/")[1] in ("cpu0", "cpu1") for t in trials), trials
+    assert all(t["ahead"] for t in trials), trials
+    assert all(t["log_bytes"] > 0 for t in trials), trials
+    assert loop["left"] == []
