@@ -250,13 +250,16 @@ def test_doctor_says_what_the_cluster_holds_and_when_a_trial_cannot_fit(ray_run)
 
 @pytest.mark.docker
 def test_the_research_loop_runs_on_the_cluster_in_slots_started_ahead(ray_run):
-    """`executor: {kind: ray}` in a run's policy: the baseline and two candidates, each recorded once, each in a
-    node's slot pinned to a core and started ahead, each with its train.log (the lines came live), nothing left."""
+    """`executor: {kind: ray}` in a run's policy: the baseline and two candidates, each recorded once, each that
+    trained in a node's slot pinned to a core and started ahead, with its train.log (the lines came live), nothing
+    left. The two candidates are in flight at once, so one may go `stale` when the other is kept (CI saw it)."""
     loop = ray_run["loop"]
     trials = loop["trials"]
     assert sorted(t["trial"] for t in trials) == [0, 1, 2], trials
-    assert all(t["status"] in ("keep", "discard") for t in trials), trials
-    assert all(t["slot"].startswith("node-") and t["slot"].split("/")[1] in ("cpu0", "cpu1") for t in trials), trials
-    assert all(t["ahead"] for t in trials), trials
-    assert all(t["log_bytes"] > 0 for t in trials), trials
+    assert all(t["status"] in ("keep", "discard", "stale") for t in trials), trials
+    ran = [t for t in trials if t["slot"]]                # a candidate stale before it trained has no slot
+    assert len(ran) >= 2 and trials[0] in ran, trials
+    assert all(t["slot"].startswith("node-") and t["slot"].split("/")[1] in ("cpu0", "cpu1") for t in ran), trials
+    assert all(t["ahead"] for t in ran), trials
+    assert all(t["log_bytes"] > 0 for t in ran), trials
     assert loop["left"] == []
