@@ -24,12 +24,12 @@ import queue
 import threading
 import time
 
+from . import signals
 from .executor import OnLine, OnPhase
 from .ray_node import NodeSlot
 
 LIVE_S = 1.0                 # how often a trial's slot is polled for its new log lines and phases
 CLOSE_WAIT_S = 30.0          # how long close() lets idle slots remove their containers before killing them
-POLL_S = 0.2
 
 
 class SlotPool:
@@ -66,7 +66,7 @@ class SlotPool:
         want = len(self._actors) if want is None else want
         deadline = time.monotonic() + timeout_s
         while not self.closed and self.placed() < want and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+            time.sleep(signals.POLL_S)
         return self.placed()
 
     def placed(self) -> int:
@@ -77,7 +77,7 @@ class SlotPool:
         deadline = time.monotonic() + timeout_s
         while not self.closed and time.monotonic() < deadline:
             try:
-                actor = self._free.get(timeout=POLL_S)
+                actor = self._free.get(timeout=signals.POLL_S)
             except queue.Empty:
                 continue
             if not self.closed:
@@ -114,7 +114,7 @@ class SlotPool:
         refs = [a.close.remote() for a in idle]
         deadline = time.monotonic() + CLOSE_WAIT_S
         while refs and time.monotonic() < deadline:          # in slices: a second stop signal is seen at once
-            _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
+            _, refs = self.ray.wait(refs, num_returns=len(refs), timeout=signals.POLL_S)
         for actor in actors:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor, no_restart=True)
