@@ -81,7 +81,7 @@ class Limits(_Strict):
     memory: str = Field("4g", description="mem_limit == memswap_limit (docker size string)")
     cpus: float = Field(2.0, gt=0, description="CPU quota in cores")
     pids: int = Field(256, ge=16, description="pids_limit")
-    tmpfs_mb: int = Field(256, ge=16, description="size of the /tmp tmpfs")
+    tmpfs_mb: int = Field(256, ge=16, description="size of the /tmp tmpfs (and of a GPU train container's /compile)")
     output_mb: int = Field(512, ge=1, description="size of the writable output tmpfs/volume")
     shm_mb: int = Field(256, ge=16, description="/dev/shm size (torch dataloaders use it)")
     uid: int = Field(65534, ge=1, description="non-root uid:gid the trial runs as")

@@ -16,7 +16,7 @@ def _hardening(image="img:tag", name="n", labels=LABELS, memory="2g", pids=128, 
     return {
         "image": image, "name": name, "labels": labels, "detach": True,
         "network_mode": "none", "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmpfs}m,mode=1777"},
+        "tmpfs": {"/tmp": f"rw,noexec,nosuid,nodev,size={tmpfs}m,mode=1777"},
         "ipc_mode": "private", "shm_size": f"{shm}m",
         "cap_drop": ["ALL"], "privileged": False,
         "security_opt": ["no-new-privileges", f"seccomp={spec.seccomp_profile()}"],
@@ -90,7 +90,7 @@ def test_limits_come_from_the_policy():
     got = spec.hardening(pol, image="i", name="n", labels={})
     assert (got["mem_limit"], got["memswap_limit"]) == ("768m", "768m")
     assert got["nano_cpus"] == 1_500_000_000 and got["pids_limit"] == 40
-    assert got["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=32m,mode=1777"} and got["shm_size"] == "64m"
+    assert got["tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=32m,mode=1777"} and got["shm_size"] == "64m"
     assert got["user"] == "4242:4242"
     assert spec.train_env(pol)["OMP_NUM_THREADS"] == "1"          # floor of 1.5 cores
 
@@ -143,6 +143,25 @@ def test_gpu_policy_becomes_device_requests_and_cuda_env(tmp_path, gpu, want):
                        out_volume="v")
     assert ev["device_requests"] == want and ev["command"][-4:-2] == ["--device", "cuda"]
     assert "device_requests" not in spec.holder(pol, image="i", name="h", labels={}, volumes={})
+
+
+def test_gpu_train_container_has_an_exec_tmpfs_for_compiled_kernels_and_nothing_else_does(tmp_path):
+    # torch.compile on CUDA dlopens the kernels it builds from its cache dirs; on the noexec /tmp the first step
+    # failed (InductorError) on an H200. Only a GPU train container gets the exec tmpfs, and the caches point there.
+    pol = policy(flavour="cuda", gpu="all", limits={"tmpfs_mb": 64})
+    kw = spec.train(pol, image="i", name="n", labels=LABELS, train_dir=tmp_path / "t", data_dir=tmp_path,
+                    out_volume="v")
+    assert kw["tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=64m,mode=1777",
+                           "/compile": "rw,exec,nosuid,nodev,size=64m,mode=1777"}
+    assert {k: kw["environment"][k] for k in spec.COMPILE_ENV} == {
+        "TORCHINDUCTOR_CACHE_DIR": "/compile/inductor", "TRITON_CACHE_DIR": "/compile/triton"}
+    ev = spec.evaluate(pol, image="i", name="n", labels=LABELS, model_dir=tmp_path / "m", data_dir=tmp_path,
+                       out_volume="v")
+    cpu = spec.train(policy(), image="i", name="n", labels=LABELS, train_dir=tmp_path / "t", data_dir=tmp_path,
+                     out_volume="v")
+    for other in (ev, cpu, spec.holder(pol, image="i", name="h", labels={}, volumes={})):
+        assert list(other["tmpfs"]) == ["/tmp"] and "noexec" in other["tmpfs"]["/tmp"].split(",")
+        assert not set(spec.COMPILE_ENV) & set(other.get("environment") or {})
 
 
 def test_cpu_policy_asks_for_no_device():

@@ -23,7 +23,8 @@ RUNNING_CPU_SHARES for a running trial), so they take next to no CPU from a trai
 raises the weight to the default when it hands their input over. The launcher's is the higher of the two
 because its train.py is needed first (docs/benchmarks.md). Exactly one train and one eval container per trial.
 
-Every container: network none, read-only root, tmpfs /tmp, private IPC with a sized /dev/shm, cap_drop ALL,
+Every container: network none, read-only root, a noexec tmpfs /tmp (a GPU train container also has an exec one,
+COMPILE_DIR, for torch.compile's kernels), private IPC with a sized /dev/shm, cap_drop ALL,
 no-new-privileges, a non-root uid:gid, pids/memory(=memory+swap)/CPU limits, init, capped json-file logs, no core
 dumps, autoresearch.* labels, the project's seccomp profile; never privileged, never a host namespace, never the
 Docker socket.
@@ -67,6 +68,11 @@ WAITING_TRAIN_CPU_SHARES = 16     # the waiting launcher: still ~1/64 of a runni
                                   # evaluator, so it gets the idle CPU first (its train.py is needed first)
 RUNNING_CPU_SHARES = 1024         # the engine's default weight, given at the hand-over
 STANDBY_MAX_S = 7200              # the longest a started container waits for its input (its own backstop)
+COMPILE_DIR = "/compile"          # a GPU train container's tmpfs that may hold executable files: torch.compile's
+COMPILE_ENV = {                   # kernels are built and loaded (dlopen) there; /tmp is noexec
+    "TORCHINDUCTOR_CACHE_DIR": f"{COMPILE_DIR}/inductor",
+    "TRITON_CACHE_DIR": f"{COMPILE_DIR}/triton",
+}
 
 SECCOMP_FILE = Path(__file__).with_name("seccomp.json")
 # What the profile refuses on top of the default, by why (each name is in seccomp.json's EPERM rule, none in an
@@ -139,7 +145,7 @@ def hardening(policy, *, image: str, name: str, labels: dict[str, str]) -> dict:
         "detach": True,
         "network_mode": "none",
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={lim.tmpfs_mb}m,mode=1777"},
+        "tmpfs": {"/tmp": tmpfs_options(lim.tmpfs_mb, exec_=False)},
         "ipc_mode": "private",
         "shm_size": f"{lim.shm_mb}m",
         "cap_drop": ["ALL"],
@@ -161,6 +167,12 @@ def hardening(policy, *, image: str, name: str, labels: dict[str, str]) -> dict:
     if policy.wants_gpu:
         kwargs["device_requests"] = device_requests(policy)
     return kwargs
+
+
+def tmpfs_options(size_mb: int, *, exec_: bool) -> str:
+    """A container tmpfs's mount options. noexec is spelled out: the engine adds it to /tmp by default, and a
+    file there cannot be mapped executable ("failed to map segment from shared object")."""
+    return f"rw,{'exec' if exec_ else 'noexec'},nosuid,nodev,size={size_mb}m,mode=1777"
 
 
 def output_volume(policy, *, name: str, labels: dict[str, str], size_mb: int | None = None) -> dict:
@@ -207,6 +219,8 @@ def train_env(policy) -> dict[str, str]:
     }
     if policy.train.max_steps is not None:
         env[ENV_MAX_STEPS] = str(policy.train.max_steps)
+    if policy.wants_gpu:
+        env.update(COMPILE_ENV)
     return env
 
 
@@ -217,9 +231,16 @@ def train_command() -> list[str]:
 def train(policy, *, image: str, name: str, labels: dict[str, str], train_dir: Path, data_dir: Path,
           out_volume: str) -> dict:
     """The untrusted phase: the launcher, waiting for the host to put train.py (and trial.json) into train_dir
-    (mounted read-only at /work), with the train split only."""
+    (mounted read-only at /work), with the train split only. On a GPU also COMPILE_DIR, the one place it may
+    execute files from: train.py compiles on CUDA, and inductor and Triton load the kernels they build as shared
+    objects from their cache dirs; with those on the noexec /tmp the first compiled step fails (InductorError,
+    seen on an H200: docs/benchmarks.md, "A trial on a GPU"). The candidate could already run any code in its own
+    process; what this adds is execve of a file it wrote, still without network, capabilities or a new privilege.
+    The CPU image has no C compiler, so inductor cannot build kernels there and a CPU container gets no such dir."""
     data_dir = Path(data_dir)
     kwargs = hardening(policy, image=image, name=name, labels=labels)
+    if policy.wants_gpu:
+        kwargs["tmpfs"] = {**kwargs["tmpfs"], COMPILE_DIR: tmpfs_options(policy.limits.tmpfs_mb, exec_=True)}
     kwargs.update(
         command=train_command(),
         entrypoint=[],

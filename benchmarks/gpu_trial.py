@@ -1,0 +1,113 @@
+"""Benchmark: where one trial's wall time goes on a GPU slot, phase by phase, run directly (no containers).
+
+DEVELOPMENT ONLY: it runs trainer/train.py and the evaluator through `trainer.direct`, unsandboxed, as the
+device machine runs the trainer (it has no Docker). For each budget it trains once with a cold compile cache (a
+fresh TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR, as in a trial container's fresh /tmp), timestamps every line
+train.py prints, and prints a markdown table:
+- start-up: the process spawn to train.py's config line (python and torch imports, CUDA start, the model built);
+- to the budget: the config line to the loader's first batch (the budget's clock starts there);
+- step 1 at: the first batch to step 1's line (torch.compile's first compile is inside the budget);
+- steps, tokens/s, MFU and peak memory as train.py reports them;
+- train s: train.py's own clock, the first batch to the loop's end (over the budget when a step overran it);
+- export: the export line to the summary block (torch.export of the model, the file written);
+- evaluation: the summary block to the evaluator's result (its process wall), and the evaluator's own total;
+- the trial's wall time and the share of it inside the budget (what issue 17 asks of a slot: 90%).
+- the compile cache's size at the end (a trial container's /tmp is a `limits.tmpfs_mb` tmpfs: 256 MB default).
+
+    python benchmarks/gpu_trial.py --data data/synthetic [--preset h100] [--budgets 60 300] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainer.direct import TrialFailed, direct_trial
+from trainer.harness.export import EXPORTING_LINE
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def one_trial(data: Path, preset: str, budget: float, device: str, keep: Path | None) -> dict:
+    """Train then evaluate once; the phase times from the timestamps of train.py's lines."""
+    stamps: list[tuple[float, str]] = []
+    with tempfile.TemporaryDirectory(prefix="gpu-trial-") as tmp:
+        cache = Path(tmp) / "cache"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
+        out = keep or Path(tmp) / "out"
+        t0 = time.perf_counter()
+        try:
+            result = direct_trial(data=data, preset=preset, budget=budget, out=out, device=device,
+                                  on_line=lambda line: stamps.append((time.perf_counter(), line)))
+        except TrialFailed as e:
+            tail = "\n".join(line for _, line in stamps[-15:])
+            raise SystemExit(f"gpu_trial: the {preset} trial at {budget:g} s failed: {e}\n{tail}")
+        t_end = time.perf_counter()
+        cache_mb = dir_mb(cache) if cache.exists() else 0.0
+    first = lambda pred: next(t for t, line in stamps if pred(line))                       # noqa: E731
+    t_cfg = first(lambda s: s.startswith("preset="))
+    t_step1 = first(lambda s: s.startswith("step=1 "))
+    summary = dict(line.split(": ", 1) for _, line in stamps if re.match(r"^[a-z_]+: ", line))
+    t_export = first(lambda s: s == EXPORTING_LINE)
+    t_budget0 = t_export - float(summary["training_seconds"])    # train.py's clock: first batch -> loop end
+    t_summary = first(lambda s: s == "---")
+    timings = result.get("timings") or {}
+    wall = t_end - t0
+    return {"budget": budget, "startup_s": t_cfg - t0, "to_budget_s": t_budget0 - t_cfg,
+            "first_step_s": t_step1 - t_budget0, "steps": int(summary["num_steps"]),
+            "tok_s": float(summary["tokens_per_second"]), "mfu": summary.get("mfu_percent", "None"),
+            "peak_mb": float(summary["peak_memory_mb"]), "train_s": float(summary["training_seconds"]),
+            "export_s": t_summary - t_export, "eval_wall_s": t_end - t_summary,
+            "eval_total_s": timings.get("total_s"), "probe_s": timings.get("probe_s"),
+            "wall_s": wall, "in_budget": budget / wall,
+            "val_bpb": None if result.get("val_bpb") is None else round(result["val_bpb"], 4),
+            "status": result["status"], "cache_mb": cache_mb}
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("budget s", "budget", "{:g}"), ("start-up s", "startup_s", "{:.1f}"),
+            ("to budget s", "to_budget_s", "{:.1f}"), ("step 1 at s", "first_step_s", "{:.1f}"),
+            ("steps", "steps", "{}"), ("tokens/s", "tok_s", "{:,.0f}"), ("MFU %", "mfu", "{}"),
+            ("peak MB", "peak_mb", "{:,.0f}"), ("train s", "train_s", "{:.1f}"),
+            ("export s", "export_s", "{:.1f}"), ("eval wall s", "eval_wall_s", "{:.1f}"),
+            ("evaluator total s", "eval_total_s", "{}"), ("of it probes s", "probe_s", "{}"),
+            ("trial wall s", "wall_s", "{:.1f}"), ("in budget", "in_budget", "{:.1%}"),
+            ("val_bpb", "val_bpb", "{}"), ("compile cache MB", "cache_mb", "{:.1f}")]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt.format(r[key]) for _, key, fmt in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="prepared data (python -m trainer.prepare synthetic)")
+    ap.add_argument("--preset", default="h100")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[60.0])
+    ap.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
+    ap.add_argument("--keep", type=Path, default=None, help="keep the last trial's output directory here")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = ap.parse_args(argv)
+    rows = []
+    for budget in args.budgets:
+        rows.append(one_trial(args.data.resolve(), args.preset, budget, args.device, args.keep))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    print(f"\npreset {args.preset}, device {args.device}, cold compile cache each trial\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
