@@ -14,7 +14,15 @@ train.py prints, and prints a markdown table:
 - the trial's wall time and the share of it inside the budget (what issue 17 asks of a slot: 90%).
 - the compile cache's size at the end (a trial container's /tmp is a `limits.tmpfs_mb` tmpfs: 256 MB default).
 
+With --ahead it runs each trial as a slot started ahead runs it instead (still directly): the launcher
+(`python -m trainer.harness.launch --wait`) and the evaluator (`--wait-for-model`) start first, train.py and
+trial.json are renamed into the launcher's directory once the launcher's imports are done (--ready-s), and the
+model is renamed into the evaluator's directory when the launcher exits. It prints the launcher's calibration,
+the hand-over to the launcher's exit less train.py's own clock (the train phase outside the budget), the model's
+copy, and the waiting evaluator's time from the model to its result.
+
     python benchmarks/gpu_trial.py --data data/synthetic [--preset h100] [--budgets 60 300] [--device cuda]
+    python benchmarks/gpu_trial.py --data data/synthetic --ahead [--ready-s 15] [--budgets 20]
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ import argparse
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +40,66 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from trainer.contract import (CALIBRATION_PREFIX, ENV_BUDGET_S, ENV_DATA, ENV_DEVICE, ENV_OUT, ENV_PRESET,
+                              MODEL_FILE, RESULT_FILE, TRAIN_FILE, TRIAL_FILE)
 from trainer.direct import TrialFailed, direct_trial
 from trainer.harness.export import EXPORTING_LINE
+
+
+def rename_in(src: Path, dst_dir: Path) -> None:
+    """Copy then rename, as the host hands a file over: it appears whole or not at all."""
+    tmp = dst_dir.parent / f".{src.name}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst_dir / src.name)
+
+
+def one_trial_ahead(data: Path, preset: str, budget: float, device: str, ready_s: float) -> dict:
+    """The launcher and the waiting evaluator started first, their inputs handed over later; the phase times."""
+    with tempfile.TemporaryDirectory(prefix="gpu-trial-ahead-") as tmp:
+        t = Path(tmp)
+        for d in ("work", "in", "out", "eval-out", "cache"):
+            (t / d).mkdir()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), TORCHINDUCTOR_CACHE_DIR=str(t / "cache" /
+                   "inductor"), TRITON_CACHE_DIR=str(t / "cache" / "triton"))
+        env.update({ENV_DATA: str(data), ENV_OUT: str(t / "out"), ENV_PRESET: preset, ENV_BUDGET_S: f"{budget:g}",
+                    ENV_DEVICE: device})
+        with open(t / "train.log", "w") as tlog, open(t / "eval.log", "w") as elog:
+            launcher = subprocess.Popen([sys.executable, "-m", "trainer.harness.launch", "--wait", "600", "--dir",
+                                         str(t / "work")], env=env, cwd=REPO, stdout=tlog, stderr=subprocess.STDOUT)
+            evaluator = subprocess.Popen([sys.executable, "-m", "trainer.evaluate", "--model", str(t / "in" /
+                                          MODEL_FILE), "--data", str(data), "--preset", preset, "--out",
+                                          str(t / "eval-out" / RESULT_FILE), "--device", device,
+                                          "--wait-for-model", "900"], env=env, cwd=REPO, stdout=elog,
+                                         stderr=subprocess.STDOUT)
+            time.sleep(ready_s)
+            (t / TRIAL_FILE).write_text('{"seed": 1337}')
+            rename_in(t / TRIAL_FILE, t / "work")
+            rename_in(REPO / "trainer" / TRAIN_FILE, t / "work")
+            t_hand = time.perf_counter()
+            rc_train = launcher.wait()
+            t_train = time.perf_counter()
+            if rc_train == 0:
+                rename_in(t / "out" / MODEL_FILE, t / "in")
+            else:
+                evaluator.kill()
+            t_model = time.perf_counter()
+            rc_eval = evaluator.wait()
+            t_eval = time.perf_counter()
+        log = (t / "train.log").read_text()
+        if rc_train != 0 or rc_eval != 0:
+            raise SystemExit(f"gpu_trial: launcher exit {rc_train}, evaluator exit {rc_eval}\n{log[-2000:]}\n"
+                             f"{(t / 'eval.log').read_text()[-1000:]}")
+        result = json.loads((t / "eval-out" / RESULT_FILE).read_text())
+        cache_mb = dir_mb(t / "cache")
+    summary = dict(line.split(": ", 1) for line in log.splitlines() if re.match(r"^[a-z_]+: ", line))
+    calibration = next((line[len(CALIBRATION_PREFIX):] for line in log.splitlines()
+                        if line.startswith(CALIBRATION_PREFIX)), "none")
+    train_s = float(summary["training_seconds"])
+    return {"budget": budget, "calibration": calibration, "handover_to_exit_s": t_train - t_hand,
+            "train_s": train_s, "outside_budget_s": t_train - t_hand - train_s, "copy_s": t_model - t_train,
+            "model_to_result_s": t_eval - t_model, "timings": result.get("timings"), "status": result["status"],
+            "val_bpb": result.get("val_bpb"), "cache_mb": cache_mb,
+            "fixed_s": t_train - t_hand - train_s + t_eval - t_train}
 
 def dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
@@ -97,8 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
     ap.add_argument("--keep", type=Path, default=None, help="keep the last trial's output directory here")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--ahead", action="store_true", help="start the launcher and the evaluator first, as a slot does")
+    ap.add_argument("--ready-s", type=float, default=15.0, help="--ahead: seconds before the hand-over")
     args = ap.parse_args(argv)
     rows = []
+    if args.ahead:
+        for budget in args.budgets:
+            rows.append(one_trial_ahead(args.data.resolve(), args.preset, budget, args.device, args.ready_s))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
     for budget in args.budgets:
         rows.append(one_trial(args.data.resolve(), args.preset, budget, args.device, args.keep))
         print(json.dumps(rows[-1]), flush=True)
