@@ -50,14 +50,19 @@ def test_without_ray_a_one_line_user_error(monkeypatch):
         make("ray", "127.0.0.1:6379")
 
 
+def _free_port() -> int:
+    """A loopback port that was free a moment ago (nobody listens on it)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_a_cluster_address_nobody_listens_on_is_a_one_line_user_error_at_once():
     """Without the check, ray.init retried such an address for minutes (it hung here for over 200 s)."""
     pytest.importorskip("ray", reason="Ray is optional: pip install .[ray]")
-    import socket
     import time
-    with socket.socket() as s:                   # a loopback port that was free a moment ago
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     ex = make("ray", f"127.0.0.1:{port}")
     t = time.monotonic()
     with pytest.raises(UserError, match=rf"^cannot reach the Ray cluster at 127\.0\.0\.1:{port}: .*; start it ") as e:
@@ -69,12 +74,8 @@ def test_a_cluster_address_nobody_listens_on_is_a_one_line_user_error_at_once():
 
 def test_doctor_names_a_cluster_nobody_listens_on_and_the_fix():
     pytest.importorskip("ray", reason="Ray is optional: pip install .[ray]")
-    import socket
-
     from runner.doctor import check_cluster
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     c = check_cluster(policy(executor={"kind": "ray", "address": f"127.0.0.1:{port}"}))
     assert c.name == "cluster" and not c.ok
     assert c.detail.startswith(f"cannot reach the Ray cluster at 127.0.0.1:{port}") and "ray start --head" in c.detail

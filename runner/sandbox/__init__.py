@@ -13,8 +13,8 @@ What is covered:
 - Every trial container (holder, train, eval): no network (`network_mode=none`: loopback only; no route to the
   internet, the host, the engine or the LLM server), a read-only root filesystem, size-capped tmpfs for /out,
   /tmp (noexec) and /dev/shm (and an inode cap on /out); a GPU train container also gets /compile, the one tmpfs
-  it may execute files from, because torch.compile loads the kernels it builds from there; `cap_drop=ALL`, `no-new-privileges`, uid 65534, `pids_limit`,
-  `mem_limit == memswap_limit`, a CPU quota, `init`, capped engine logs, no core dumps, an environment built from
+  it may execute files from, because torch.compile loads the kernels it builds from there; `cap_drop=ALL`,
+  `no-new-privileges`, uid 65534, `pids_limit`, `mem_limit == memswap_limit`, a CPU quota, `init`, capped engine logs, no core dumps, an environment built from
   scratch (no secret of the runner's), its own pid namespace, the project's seccomp profile (the engine's default
   less io_uring, ptrace, process_vm_*, keyrings, userfaultfd, perf, bpf, the mount family, unshare/setns, kexec,
   modules; the native 64-bit system call table only); never privileged, never a host namespace, never the engine's
